@@ -1,0 +1,35 @@
+# The two commands in the README do all set-up on a fresh machine.
+#   make demo   create .venv, install, generate the synthetic set, train, evaluate, print the run folder
+#   make test   create .venv if needed, install, lint, run the suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first: 2.13.0 resolves to the local CPU wheel; a bare "torch" could pull GBs of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests tools benchmarks
+	$(VENV)/bin/ruff format --check src tests tools benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests tools benchmarks
+	$(VENV)/bin/ruff check --fix src tests tools benchmarks
+
+test: lint
+	$(PY) -m pytest -n 2 tests
+
+demo: $(STAMP)
+	$(VENV)/bin/fpn demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

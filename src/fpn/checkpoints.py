@@ -1,0 +1,200 @@
+"""Reading and writing weights, safely.
+
+Files are read with ``torch.load(..., weights_only=True)`` (or safetensors), never as arbitrary pickles.
+Files are written atomically (temporary file in the same folder, then rename), so an interrupted write
+never leaves a half-written checkpoint where a good one was.
+
+Three layouts are understood:
+
+* the project's own checkpoints: ``{"format": "fpn", "config": {...}, "model": state_dict, ...}``;
+  the config inside is enough to rebuild the model;
+* torchvision ``fasterrcnn_resnet50_fpn`` state dicts (detected from their keys), converted on load;
+* torchvision ImageNet ResNet state dicts, for the backbone (see :mod:`fpn.backbones`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fpn.errors import CheckpointError
+
+FORMAT = "fpn"
+
+
+def read_state_dict(source: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file (``.pt``/``.pth``/``.safetensors``) or URL without unpickling code."""
+    source = str(source)
+    if source.startswith(("http://", "https://")):
+        try:
+            return torch.hub.load_state_dict_from_url(source, map_location="cpu", weights_only=True)
+        except Exception as exc:  # network errors come in many types; the message is what matters
+            raise CheckpointError(f"{source}: cannot download ({exc})") from None
+    path = Path(source)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError(f"{path}: reading .safetensors needs the 'safetensors' package") from None
+        try:
+            return dict(load_file(str(path)))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable weights-only checkpoint ({first[:200]})") from None
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+    return dict(data)
+
+
+def load_matching(module: nn.Module, state: Mapping[str, Any], *, source: str, what: str) -> None:
+    """Load ``state`` into ``module`` requiring the same keys and shapes, or say precisely what differs."""
+    own = module.state_dict()
+    # FrozenBatchNorm accepts and ignores BatchNorm's counter, so a BN checkpoint fits a frozen-BN model.
+    state = {k: v for k, v in state.items() if not (k.endswith("num_batches_tracked") and k not in own)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{source}: does not fit {what}: " + "; ".join(parts))
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {key} is not a tensor")
+        if value.shape != own[key].shape:
+            raise CheckpointError(
+                f"{source}: does not fit {what}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}"
+            )
+    module.load_state_dict(state, strict=True)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename over it (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
+    """Write a text file atomically (JSON results, YAML configs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------ detectors
+
+
+def _torchvision_key(key: str) -> str | None:
+    """Our name for a torchvision ``fasterrcnn_resnet50_fpn`` key (both its old and new module layouts)."""
+    parts = key.split(".")
+    if key.startswith("backbone.body."):
+        return key[len("backbone.body.") :]
+    if key.startswith(("backbone.fpn.inner_blocks.", "backbone.fpn.layer_blocks.")):
+        # inner_blocks.{i}[.0].weight -> pyramid.lateral.c{i+2}.weight; layer_blocks -> pyramid.smooth.p{i+2}
+        index, leaf = int(parts[3]), parts[-1]
+        if parts[2] == "inner_blocks":
+            return f"pyramid.lateral.c{index + 2}.{leaf}"
+        return f"pyramid.smooth.p{index + 2}.{leaf}"
+    if key.startswith("rpn.head.conv."):
+        return f"rpn.head.conv.{parts[-1]}"  # conv.0.0.weight (torchvision >= 0.13) or conv.weight
+    if key.startswith(("rpn.head.", "roi_heads.box_head.", "roi_heads.box_predictor.")):
+        return key
+    return None
+
+
+def is_torchvision_layout(state: Mapping[str, Any]) -> bool:
+    return "backbone.body.conv1.weight" in state and any(k.startswith("backbone.fpn.") for k in state)
+
+
+def convert_torchvision(state: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Rename a torchvision ``fasterrcnn_resnet50_fpn`` state dict to this project's module names."""
+    out = {}
+    for key, value in state.items():
+        ours = _torchvision_key(key)
+        if ours is None:
+            raise CheckpointError(
+                f"{source}: key {key!r} is not part of torchvision's fasterrcnn_resnet50_fpn "
+                "(only that torchvision layout is supported)"
+            )
+        out[ours] = value
+    return out
+
+
+def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write the project's checkpoint: config + weights (+ anything in ``extra``, e.g. optimizer state)."""
+    from fpn.config import to_dict
+
+    payload = {"format": FORMAT, "version": 1, "config": to_dict(model.config), "model": model.state_dict()}
+    payload.update(extra)
+    return atomic_save(payload, path)
+
+
+def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | None = None):
+    """Rebuild a detector from a checkpoint alone: the project's format, or torchvision's layout.
+
+    Returns ``(model, checkpoint_dict)``; the model is on the CPU in eval mode.
+    """
+    from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
+    from fpn.detection import FasterRCNN
+    from fpn.presets import r50_fpn
+
+    source = str(source)
+    state = read_state_dict(source)
+    if state.get("format") == FORMAT:
+        if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), Mapping):
+            raise CheckpointError(f"{source}: fpn checkpoint without 'config' and 'model' entries")
+        config_dict, weights = state["config"], state["model"]
+    elif is_torchvision_layout(state):
+        weights = convert_torchvision(state, source=source)
+        config = r50_fpn()
+        classes = weights.get("roi_heads.box_predictor.cls_score.weight")
+        if classes is None:
+            raise CheckpointError(f"{source}: torchvision layout without roi_heads.box_predictor.cls_score.weight")
+        if classes.shape[0] != config.num_classes:
+            # A fine-tuned torchvision model: same architecture, its own classes (names unknown).
+            config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
+        config_dict = to_dict(config)
+    else:
+        raise CheckpointError(
+            f"{source}: neither an fpn checkpoint nor a torchvision fasterrcnn_resnet50_fpn state dict"
+        )
+    if config_overrides:
+        config_dict = apply_overrides(config_dict, list(config_overrides))
+    config = from_dict(ModelConfig, config_dict, where=source)
+    config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
+    model = FasterRCNN(config)
+    load_matching(model, weights, source=source, what=f"the '{config.pyramid.design}' detector its config describes")
+    return model.eval(), state

@@ -1,0 +1,92 @@
+"""The detector: image -> bottom-up backbone (C2..C5) -> pyramid design (P-levels) -> RPN -> RoI heads.
+
+``FasterRCNN(config)`` builds every part from a :class:`~fpn.config.ModelConfig` and checks that they fit
+(the level contract). Whatever the pyramid design, the detector only reads ``pyramid.levels``.
+
+Calling convention (as torchvision's): ``model(images)`` in eval mode returns one dict per image with
+``boxes`` [D, 4] (xyxy, original pixels), ``scores`` [D], ``labels`` [D] (1..K) and ``levels`` [D] (the
+pyramid level k of the RoI that produced each detection); ``model(images, targets)`` in train mode returns
+a dict of losses. Images are [3, H, W] RGB tensors in 0..1 of any size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fpn.backbones import build_backbone
+from fpn.config import ModelConfig
+from fpn.detection.image_pyramid import detect_multiscale
+from fpn.detection.roi_heads import RoIHeads
+from fpn.detection.rpn import RegionProposalNetwork
+from fpn.detection.transform import DetectionTransform
+from fpn.levels import check_features, describe
+from fpn.pyramids import build_pyramid
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN with any of the seed's pyramid designs (``config.pyramid.design``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = build_backbone(config.backbone)
+        self.pyramid = build_pyramid(config.pyramid, self.backbone.levels)
+        # A backbone stage the pyramid never reads would hold parameters without gradients: drop it.
+        self.backbone.truncate(self.pyramid.in_levels[-1].name)
+        self.levels = self.pyramid.levels
+        self.transform = DetectionTransform(config.transform, size_divisible=self.levels[-1].stride)
+        self.rpn = RegionProposalNetwork(self.levels, config.anchors.sizes, config.anchors.aspect_ratios, config.rpn)
+        self.roi_heads = RoIHeads(self.levels, config.num_classes, config.roi_heads)
+        self.last_counts: dict[str, list[int]] = {}  # per-level counts of the last forward, for `fpn show`
+        self.check_features = True
+
+    def describe(self) -> str:
+        """The levels the design produces, one per line, with their anchor sizes."""
+        sizes = self.rpn.anchor_generator.describe()
+        lines = describe(self.levels).splitlines()
+        return "\n".join(f"{line}  anchors {list(sizes[lv.name])}" for line, lv in zip(lines, self.levels))
+
+    def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""
+        bottom_up = self.backbone(tensors)
+        pyramid = self.pyramid(bottom_up)
+        if self.check_features:
+            # Once is enough: the contract holds for every later input once it holds for one.
+            check_features(pyramid, self.levels, producer=f"pyramid '{self.config.pyramid.design}'")
+            self.check_features = False
+        return bottom_up, pyramid
+
+    def forward(
+        self,
+        images: Sequence[torch.Tensor],
+        targets: Sequence[dict[str, torch.Tensor]] | None = None,
+        *,
+        shorter: int | None = None,
+    ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        if self.training and targets is None:
+            raise ValueError("in training mode, targets are required")
+        if not self.training and shorter is None and self.config.pyramid.design == "image-pyramid":
+            cfg = self.config.roi_heads
+            return detect_multiscale(
+                lambda scale: self(images, shorter=scale),
+                self.config.pyramid.test_scales,
+                cfg.nms_thresh,
+                cfg.detections_per_image,
+            )
+        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        batch, targets = self.transform(images, targets if self.training else None, shorter=shorter)
+        _, features = self.features(batch.tensors)
+        proposals, _, rpn_losses, rpn_counts = self.rpn(
+            features, batch.tensors.shape[-2:], batch.image_sizes, targets if self.training else None
+        )
+        detections, roi_losses, roi_counts = self.roi_heads(
+            features, proposals, batch.image_sizes, targets if self.training else None
+        )
+        self.last_counts = {**rpn_counts, **roi_counts}
+        if self.training:
+            return {**rpn_losses, **roi_losses}
+        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)

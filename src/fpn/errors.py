@@ -1,0 +1,28 @@
+"""Errors a user can act on.
+
+Every problem caused by the user's input (a file, a config key, a checkpoint) raises a subclass of
+:class:`FpnError` whose message is one line naming the file or key and the problem. The CLI prints
+that line and exits with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FpnError(Exception):
+    """Base class for errors caused by user input; the message is shown as is."""
+
+
+class ConfigError(FpnError):
+    """An unknown config key, a value of the wrong type, an impossible combination."""
+
+
+class DataError(FpnError):
+    """A missing or corrupt image, a malformed annotation file, an impossible box."""
+
+
+class CheckpointError(FpnError):
+    """A missing, unreadable or incompatible checkpoint file."""
+
+
+class ModelBuildError(FpnError):
+    """Parts of a model that do not fit together (strides, channels, anchors per level)."""
