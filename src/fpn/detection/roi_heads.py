@@ -17,8 +17,16 @@ from torch import nn
 
 from fpn.config import RoIHeadsConfig
 from fpn.levels import Level
-from fpn.ops import BalancedPositiveNegativeSampler, BoxCoder, Matcher, MultiScaleRoIAlign, batched_nms, box_iou
-from fpn.ops import clip_boxes_to_image, remove_small_boxes
+from fpn.ops import (
+    BalancedPositiveNegativeSampler,
+    BoxCoder,
+    Matcher,
+    MultiScaleRoIAlign,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 
 
 class TwoMLPHead(nn.Module):
@@ -155,5 +163,7 @@ class RoIHeads(nn.Module):
             keep = remove_small_boxes(boxes, 1e-2)
             boxes, scores, labels, levels = boxes[keep], scores[keep], labels[keep], levels[keep]
             keep = batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
-            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "levels": levels[keep]})
+            results.append(
+                {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "levels": levels[keep]}
+            )
         return results

@@ -18,8 +18,15 @@ from torch import nn
 from fpn.config import RPNConfig
 from fpn.detection.anchors import AnchorGenerator
 from fpn.levels import Level, check_levels
-from fpn.ops import BalancedPositiveNegativeSampler, BoxCoder, Matcher, batched_nms, box_iou, clip_boxes_to_image
-from fpn.ops import remove_small_boxes
+from fpn.ops import (
+    BalancedPositiveNegativeSampler,
+    BoxCoder,
+    Matcher,
+    batched_nms,
+    box_iou,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 
 
 class RPNHead(nn.Module):

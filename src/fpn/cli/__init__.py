@@ -1,0 +1,54 @@
+"""The ``fpn`` command: a thin layer over the library.
+
+Each subcommand is a module of this package with ``add_parser(subparsers)`` and ``run(args) -> int``;
+everything it does is one import away for a Python user. Errors caused by the user's input
+(:class:`~fpn.errors.FpnError`) are printed as one line, ``fpn: error: <file>: <problem>``, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from fpn.errors import FpnError
+
+# Subcommands in the order `fpn --help` lists them; each name is a module fpn.cli.<name>.
+COMMANDS = ("detect", "train", "eval", "demo", "models", "compare", "show", "anchors", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fpn", description="Feature Pyramid Network object detection: train, evaluate, run and inspect."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"fpn.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fpn.cli.{name}":
+                raise
+            continue  # a subcommand not built yet
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except FpnError as exc:
+        print(f"fpn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fpn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""``fpn detect SOURCE... --weights W``: detections for images, folders or globs, as JSON and pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fpn.checkpoints import atomic_write_text, load_detector
+from fpn.data.images import list_images
+from fpn.detect import detect_files, pick_device
+from fpn.viz.draw import draw_detections
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("detect", help="detect objects in images", description=__doc__)
+    p.add_argument("sources", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--weights", required=True, help="checkpoint: RUN/model.pt or torchvision's fasterrcnn .pth")
+    p.add_argument("--output", default="detections.json", help="JSON list of detections (default: %(default)s)")
+    p.add_argument("--save-images", metavar="DIR", help="write each image with its detections drawn")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections at least this confident")
+    p.add_argument("--colour-by", choices=("class", "level"), default="class", help="box colours in pictures")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = pick_device(args.device)
+    paths = list_images(args.sources)
+    model, _ = load_detector(args.weights)
+    out_dir = Path(args.save_images) if args.save_images else None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    records, failed = [], []
+    bar = tqdm(total=len(paths), unit="img", desc="detect", disable=not sys.stderr.isatty())
+    for result in detect_files(model, paths, device=device, score_thresh=args.score_thresh):
+        bar.update()
+        if result.error:
+            failed.append(result.error)
+            tqdm.write(f"fpn: skipped {result.error}", file=sys.stderr)
+            continue
+        records.extend(result.records)
+        if out_dir:
+            drawn = draw_detections(result.image, result.detections, model.config.class_names, colour_by=args.colour_by)
+            drawn.save(out_dir / f"{result.path.stem}.jpg", quality=92)
+    bar.close()
+    # One detection per line: readable, diffable, and still a single JSON list.
+    atomic_write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n", args.output)
+    done = len(paths) - len(failed)
+    print(
+        f"{done} image(s), {len(records)} detection(s) -> {args.output}"
+        + (f"; {len(failed)} skipped" if failed else "")
+    )
+    return 0 if done else 1

@@ -1,0 +1,5 @@
+"""Pictures of what the model sees and finds: detections (by class or by pyramid level), feature maps."""
+
+from fpn.viz.draw import LEVEL_COLOURS, draw_detections
+
+__all__ = ["LEVEL_COLOURS", "draw_detections"]
