@@ -1,0 +1,78 @@
+"""Detection datasets: COCO and Pascal VOC readers, the dataset YAML, a built-in synthetic set, augmentation.
+
+Every dataset yields ``(image, target)`` pairs as described in :mod:`fpn.data.dataset` and can export its
+ground truth in COCO format for evaluation. Use :func:`load_dataset` with a dataset YAML (see
+:mod:`fpn.data.spec`) or the built-in name ``"synthetic"``.
+"""
+
+from __future__ import annotations
+
+from fpn.data.augment import Compose, RandomHorizontalFlip, hflip, training_transform
+from fpn.data.coco import CocoDataset, read_json, write_coco, write_json
+from fpn.data.dataset import DetectionDataset, ImageRecord, Target, Transform, collate
+from fpn.data.images import (
+    IMAGE_EXTENSIONS,
+    image_size,
+    is_image_file,
+    list_images,
+    load_image,
+    open_image,
+    pil_to_tensor,
+    tensor_to_pil,
+)
+from fpn.data.spec import DatasetSpec, SplitSpec, cache_dir, dataset_names, load_dataset, load_spec, resolve_data
+from fpn.data.synthetic import CLASSES as SYNTHETIC_CLASSES
+from fpn.data.synthetic import (
+    SyntheticConfig,
+    make_synthetic,
+    render_image,
+    size_buckets,
+    size_histogram,
+    synthetic_stats,
+)
+from fpn.data.validate import BoxReport, clean_boxes
+from fpn.data.voc import VOC_CLASSES, VocDataset, VocSample, write_voc
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SYNTHETIC_CLASSES",
+    "VOC_CLASSES",
+    "BoxReport",
+    "CocoDataset",
+    "Compose",
+    "DatasetSpec",
+    "DetectionDataset",
+    "ImageRecord",
+    "RandomHorizontalFlip",
+    "SplitSpec",
+    "SyntheticConfig",
+    "Target",
+    "Transform",
+    "VocDataset",
+    "VocSample",
+    "cache_dir",
+    "clean_boxes",
+    "collate",
+    "dataset_names",
+    "hflip",
+    "image_size",
+    "is_image_file",
+    "list_images",
+    "load_dataset",
+    "load_image",
+    "load_spec",
+    "make_synthetic",
+    "open_image",
+    "pil_to_tensor",
+    "read_json",
+    "render_image",
+    "resolve_data",
+    "size_buckets",
+    "size_histogram",
+    "synthetic_stats",
+    "tensor_to_pil",
+    "training_transform",
+    "write_coco",
+    "write_json",
+    "write_voc",
+]

@@ -1,0 +1,214 @@
+"""The dataset YAML: which format, which classes, and where each split's files are.
+
+COCO format::
+
+    format: coco
+    names: [tree]                                   # optional: read from the categories if left out
+    train: {annotations: train.json, images: train/}
+    val:   {annotations: val.json,   images: val/}
+
+Pascal VOC layout::
+
+    format: voc
+    names: [aeroplane, bicycle, ...]                # optional: the 20 VOC classes if left out
+    train: {root: VOCdevkit/VOC2007, split: trainval}
+    val:   {root: VOCdevkit/VOC2007, split: test}  # split defaults to the key (train, val, test)
+
+Relative paths are relative to the YAML file's folder. The splits are ``train``, ``val`` and ``test``; any
+other key, a missing key or a missing split raises :class:`~fpn.errors.ConfigError` naming the file and key.
+
+Instead of a YAML path, :func:`load_dataset` accepts the name of a built-in set: ``synthetic`` (see
+:mod:`fpn.data.synthetic`), generated on first use into the cache folder (``$FPN_CACHE`` or ``~/.cache/fpn``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fpn.data.coco import CocoDataset, parse_categories, read_json
+from fpn.data.dataset import DetectionDataset, Transform
+from fpn.data.synthetic import make_synthetic
+from fpn.data.voc import VOC_CLASSES, VocDataset
+from fpn.errors import ConfigError, DataError
+
+FORMATS = ("coco", "voc")
+SPLITS = ("train", "val", "test")
+#: Built-in data sets: name -> function(cache folder) -> path of its data.yaml.
+BUILTIN = {"synthetic": lambda cache: make_synthetic(cache / "synthetic")}
+
+_TOP_KEYS = ("format", "names", *SPLITS)
+_SPLIT_KEYS = {"coco": ("annotations", "images"), "voc": ("root", "split")}
+_REQUIRED_SPLIT_KEYS = {"coco": ("annotations", "images"), "voc": ("root",)}
+
+
+def cache_dir() -> Path:
+    """Where built-in data sets are generated: ``$FPN_CACHE`` if set, else ``~/.cache/fpn``."""
+    configured = os.environ.get("FPN_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fpn"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Where one split's files are (absolute paths). COCO uses ``annotations`` and ``images``; VOC uses
+    ``root`` and ``split``."""
+
+    name: str
+    annotations: Path | None = None
+    images: Path | None = None
+    root: Path | None = None
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A parsed dataset YAML."""
+
+    path: Path
+    format: str
+    names: list[str] | None
+    splits: dict[str, SplitSpec] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitSpec:
+        """The split called ``name``, or a ConfigError naming the file and the splits it has."""
+        if name not in self.splits:
+            has = ", ".join(self.splits) or "none"
+            raise ConfigError(f"{self.path}: no split {name!r} (has: {has})")
+        return self.splits[name]
+
+
+def _path(value: Any, spec_path: Path, key: str) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{spec_path}: {key} must be a path (a non-empty string), got {value!r}")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else spec_path.parent / path
+
+
+def _names(value: Any, spec_path: Path) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(n, str) and n.strip() for n in value):
+        raise ConfigError(f"{spec_path}: names must be a non-empty list of class names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{spec_path}: names must be unique, got {value!r}")
+    return list(value)
+
+
+def load_spec(path: str | os.PathLike[str]) -> DatasetSpec:
+    """Parse and check a dataset YAML (its files are not opened; the readers check those)."""
+    path = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such dataset file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a dataset YAML file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read ({error})") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1} column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a mapping with format, names and splits ({', '.join(SPLITS)})")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r} (expected: {', '.join(_TOP_KEYS)})")
+    if "format" not in data:
+        raise ConfigError(f"{path}: missing key 'format' (one of: {', '.join(FORMATS)})")
+    fmt = data["format"]
+    if fmt not in FORMATS:
+        raise ConfigError(f"{path}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    names = _names(data["names"], path) if data.get("names") is not None else None
+
+    splits = {}
+    for name in SPLITS:
+        if name not in data:
+            continue
+        entry = data[name]
+        if not isinstance(entry, dict):
+            keys = ", ".join(_SPLIT_KEYS[fmt])
+            raise ConfigError(f"{path}: {name} must be a mapping with {keys}, got {entry!r}")
+        for key in entry:
+            if key not in _SPLIT_KEYS[fmt]:
+                raise ConfigError(f"{path}: unknown key '{name}.{key}' (expected: {', '.join(_SPLIT_KEYS[fmt])})")
+        for key in _REQUIRED_SPLIT_KEYS[fmt]:
+            if key not in entry:
+                raise ConfigError(f"{path}: missing key '{name}.{key}'")
+        if fmt == "coco":
+            splits[name] = SplitSpec(
+                name,
+                annotations=_path(entry["annotations"], path, f"{name}.annotations"),
+                images=_path(entry["images"], path, f"{name}.images"),
+            )
+        else:
+            voc_split = entry.get("split", name)
+            if not isinstance(voc_split, str) or not voc_split.strip():
+                raise ConfigError(f"{path}: {name}.split must be a split file name, got {voc_split!r}")
+            splits[name] = SplitSpec(name, root=_path(entry["root"], path, f"{name}.root"), split=voc_split)
+    if not splits:
+        raise ConfigError(f"{path}: no splits (expected at least one of: {', '.join(SPLITS)})")
+    return DatasetSpec(path=path, format=fmt, names=names, splits=splits)
+
+
+def resolve_data(data: str | os.PathLike[str]) -> Path:
+    """The YAML path for ``data``: a built-in name is generated (or found) in the cache, a path is checked."""
+    text = os.fspath(data)
+    if text in BUILTIN:
+        return BUILTIN[text](cache_dir())
+    path = Path(text).expanduser()
+    if not path.is_file():
+        builtin = ", ".join(BUILTIN)
+        raise ConfigError(f"{text}: no such dataset YAML file, and not a built-in data set ({builtin})")
+    return path
+
+
+def load_dataset(
+    data: str | os.PathLike[str],
+    split: str,
+    *,
+    transform: Transform | None = None,
+    include_crowd: bool = False,
+    check_files: bool = True,
+) -> DetectionDataset:
+    """Open split ``split`` of the dataset described by ``data`` (a YAML path or a built-in name)."""
+    spec = load_spec(resolve_data(data))
+    entry = spec.split(split)
+    if spec.format == "coco":
+        assert entry.annotations is not None and entry.images is not None
+        return CocoDataset(
+            entry.annotations,
+            entry.images,
+            names=spec.names,
+            split=split,
+            transform=transform,
+            include_crowd=include_crowd,
+            check_files=check_files,
+        )
+    assert entry.root is not None and entry.split is not None
+    return VocDataset(
+        entry.root,
+        entry.split,
+        spec.names,
+        transform=transform,
+        include_crowd=include_crowd,
+        check_files=check_files,
+    )
+
+
+def dataset_names(data: str | os.PathLike[str]) -> list[str]:
+    """The class names of a dataset without reading its images (from the YAML, else from the annotations)."""
+    spec = load_spec(resolve_data(data))
+    if spec.names is not None:
+        return spec.names
+    if spec.format == "voc":
+        return list(VOC_CLASSES)
+    first = next(iter(spec.splits.values()))
+    assert first.annotations is not None
+    data_dict = read_json(first.annotations)
+    if not isinstance(data_dict, dict):
+        raise DataError(f"{first.annotations}: must hold a JSON object with images, annotations and categories")
+    return parse_categories(data_dict, str(first.annotations))[0]

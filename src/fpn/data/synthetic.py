@@ -1,0 +1,498 @@
+"""A built-in synthetic detection set, for when no real data can be downloaded.
+
+It is designed to make the FPN paper's point in miniature:
+
+- the classes differ by **shape and texture only** (every instance gets random colours drawn from the same
+  distribution whatever its class), so a detector needs real features, not a colour lookup:
+
+  ``ring`` (hollow ellipse), ``triangle`` (filled, any rotation), ``cross`` (plus sign, any rotation),
+  ``striped_square`` (rectangle with two-colour stripes), ``checker_disc`` (ellipse with a checkerboard);
+
+- objects sit on **cluttered backgrounds** (low-contrast blobs and lines, a gradient, pixel noise) among
+  **distractors** that are not classes but look like near misses: solid discs (a ring without its hole, a
+  checker disc without texture), solid rectangles (a striped square without stripes), hollow rectangles
+  (a ring with corners), five-pointed stars and thick line segments;
+
+- object sizes (the square root of the box area) are **log-uniform from 8 to 224 px**, so each of COCO's
+  area buckets (small < 32², medium, large > 96²) holds roughly 40 / 33 / 25 % of the objects: small
+  objects whose texture is only a few pixels wide are where high-resolution pyramid levels pay off.
+
+Everything is drawn deterministically from a seed (each image from its own ``numpy`` Generator seeded by
+``(seed, split, index)``, so the result does not depend on the order of generation) with Pillow's
+``ImageDraw`` and ``numpy``, then written in COCO format with a ``data.yaml`` (see :mod:`fpn.data.spec`).
+:func:`make_synthetic` caches the result: it regenerates only when the folder's ``manifest.json`` is missing
+or records different parameters, and it writes into a temporary folder that is renamed into place, so an
+interrupted run never leaves a half-written cache behind.
+
+The COCO ``area`` of an object is its box area (there are no segmentations), which is also what decides its
+size bucket in evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image, ImageDraw
+
+from fpn.data.coco import read_json, write_coco, write_json
+from fpn.errors import DataError
+
+logger = logging.getLogger("fpn.data")
+
+#: The object classes, in label order (label ``i + 1`` is ``CLASSES[i]``, category id ``i + 1``).
+CLASSES: tuple[str, ...] = ("ring", "triangle", "cross", "striped_square", "checker_disc")
+#: Shapes drawn as clutter that are not classes; they must be learned as background.
+DISTRACTORS: tuple[str, ...] = ("disc", "rectangle", "frame", "star", "line")
+
+# Bump when the drawing changes, so that caches made by an older version are regenerated.
+GENERATOR_VERSION = 1
+
+#: COCO's size buckets, by box area in pixels.
+SMALL_AREA = 32**2
+LARGE_AREA = 96**2
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of a synthetic set; all of them are recorded in the cache manifest."""
+
+    num_train: int = 1000
+    num_val: int = 200
+    image_size: int = 320
+    seed: int = 0
+    min_size: float = 8.0
+    max_size: float = 224.0
+    min_objects: int = 2
+    max_objects: int = 6
+    jpeg_quality: int = 95
+
+    def check(self) -> None:
+        """Reject parameters that cannot produce a sensible set."""
+        if self.num_train < 0 or self.num_val < 0 or self.num_train + self.num_val == 0:
+            raise DataError(f"synthetic: need a positive number of images, got {self.num_train} + {self.num_val}")
+        if self.image_size < 32:
+            raise DataError(f"synthetic: image_size must be at least 32, got {self.image_size}")
+        if not 2 <= self.min_size < self.max_size <= self.image_size:
+            raise DataError(
+                f"synthetic: need 2 <= min_size < max_size <= image_size, got {self.min_size}, {self.max_size}"
+            )
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise DataError(
+                f"synthetic: need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
+            )
+
+
+@dataclass(frozen=True)
+class SyntheticObject:
+    """One drawn object: its box (xyxy pixels) and label (``1..len(CLASSES)``)."""
+
+    box: tuple[float, float, float, float]
+    label: int
+
+
+# --- drawing -------------------------------------------------------------------------------------------------
+#
+# Each shape is drawn as one or two coverage masks on a grid `ss` times finer than its box and averaged down
+# (anti-aliasing), so that an 8 px object still shows its hole, stripes or checks as intermediate values
+# rather than as aliasing noise. The masks span the whole box: the box is tight by construction.
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in 0..1 across a ``h x w`` grid (y, x)."""
+    ys = (np.arange(h, dtype=np.float32) + 0.5) / h
+    xs = (np.arange(w, dtype=np.float32) + 0.5) / w
+    return ys[:, None], xs[None, :]
+
+
+def _downsample(mask: np.ndarray, ss: int) -> np.ndarray:
+    h, w = mask.shape[0] // ss, mask.shape[1] // ss
+    return mask.reshape(h, ss, w, ss).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _polygon_mask(points: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Fill a polygon given in 0..1 box coordinates (rotated and stretched to touch all four sides)."""
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    unit = (points - lo) / np.maximum(hi - lo, 1e-6)
+    scaled = unit * np.array([w, h], np.float32)
+    canvas = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in scaled], fill=255)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def _rotate(points: np.ndarray, angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    return points @ np.array([[c, s], [-s, c]], np.float32)
+
+
+def _star(points: int, inner: float) -> np.ndarray:
+    angles = np.arange(2 * points) * math.pi / points
+    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
+    return np.stack([radii * np.sin(angles), -radii * np.cos(angles)], axis=1).astype(np.float32)
+
+
+def _cross(thickness: float) -> np.ndarray:
+    a, b = 0.5 - thickness / 2, 0.5 + thickness / 2
+    return np.array(
+        [(a, 0), (b, 0), (b, a), (1, a), (1, b), (b, b), (b, 1), (a, 1), (a, b), (0, b), (0, a), (a, a)],
+        np.float32,
+    )
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, checker: bool) -> np.ndarray:
+    """Stripes or a checkerboard at a random angle, with 4-6 bands across the box (0/1 mask)."""
+    y, x = _grid(h, w)
+    angle = rng.uniform(0, math.pi)
+    bands = rng.integers(4, 7)
+    # Measure in units of the box so that the band count, not the band width, is what stays fixed.
+    u = (x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle)
+    if not checker:
+        return (np.floor(u * bands) % 2).astype(np.float32)
+    v = -(x - 0.5) * math.sin(angle) + (y - 0.5) * math.cos(angle)
+    return ((np.floor(u * bands) + np.floor(v * bands)) % 2).astype(np.float32)
+
+
+def _ellipse(h: int, w: int, scale: float = 1.0) -> np.ndarray:
+    y, x = _grid(h, w)
+    return (((x - 0.5) ** 2 + (y - 0.5) ** 2) <= (0.5 * scale) ** 2).astype(np.float32)
+
+
+def _shape_masks(rng: np.random.Generator, kind: str, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Coverage masks at grid size ``h x w``: the shape, and the part of it in the second colour (if any)."""
+    if kind in ("ring", "disc", "checker_disc"):
+        outer = _ellipse(h, w)
+        if kind == "ring":
+            return outer * (1.0 - _ellipse(h, w, rng.uniform(0.45, 0.7))), None
+        if kind == "checker_disc":
+            return outer, outer * _texture(rng, h, w, checker=True)
+        return outer, None
+    if kind in ("striped_square", "rectangle"):
+        full = np.ones((h, w), np.float32)
+        return full, (_texture(rng, h, w, checker=False) if kind == "striped_square" else None)
+    if kind == "frame":
+        t = rng.uniform(0.12, 0.25)
+        y, x = _grid(h, w)
+        inner = (np.abs(x - 0.5) < 0.5 - t) & (np.abs(y - 0.5) < 0.5 - t)
+        return 1.0 - inner.astype(np.float32), None
+    if kind == "triangle":
+        corners = np.array([(0.0, -1.0), (0.866, 0.5), (-0.866, 0.5)], np.float32)
+        return _polygon_mask(_rotate(corners, rng.uniform(0, 2 * math.pi)), h, w), None
+    if kind == "cross":
+        return _polygon_mask(_rotate(_cross(rng.uniform(0.28, 0.4)) - 0.5, rng.uniform(0, math.pi / 2)), h, w), None
+    if kind == "star":
+        return _polygon_mask(_rotate(_star(5, rng.uniform(0.38, 0.5)), rng.uniform(0, 2 * math.pi)), h, w), None
+    if kind == "line":
+        # A thick segment along one diagonal of its box: distance in grid pixels to the diagonal.
+        y, x = _grid(h, w)
+        if rng.random() < 0.5:
+            x = 1.0 - x
+        distance = np.abs(x - y) * (w * h / math.hypot(w, h))
+        return (distance <= rng.uniform(0.04, 0.1) * min(h, w)).astype(np.float32), None
+    raise ValueError(f"unknown shape {kind!r}")
+
+
+def _colour(rng: np.random.Generator, avoid: Sequence[np.ndarray], distance: float = 90.0) -> np.ndarray:
+    """A uniformly random RGB colour at least ``distance`` away from each colour in ``avoid`` (best effort)."""
+    best, best_gap = None, -1.0
+    for _ in range(20):
+        colour = rng.uniform(0, 255, 3).astype(np.float32)
+        gap = min((float(np.linalg.norm(colour - a)) for a in avoid), default=math.inf)
+        if gap >= distance:
+            return colour
+        if gap > best_gap:
+            best, best_gap = colour, gap
+    return best  # type: ignore[return-value]
+
+
+def _paint(
+    canvas: np.ndarray, rng: np.random.Generator, kind: str, box: tuple[int, int, int, int], base: np.ndarray
+) -> None:
+    """Composite one shape with random colours into ``canvas`` (float32 HxWx3) at integer box ``x, y, w, h``."""
+    x, y, w, h = box
+    ss = 4 if min(w, h) < 32 else 2 if min(w, h) < 96 else 1
+    shape, second = _shape_masks(rng, kind, h * ss, w * ss)
+    first_colour = _colour(rng, [base])
+    region = canvas[y : y + h, x : x + w]
+    alpha = _downsample(shape, ss)[..., None]
+    region *= 1.0 - alpha
+    region += alpha * first_colour
+    if second is not None:
+        beta = _downsample(second, ss)[..., None]
+        second_colour = _colour(rng, [first_colour])
+        region *= 1.0 - beta
+        region += beta * second_colour
+
+
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(math.exp(rng.uniform(math.log(low), math.log(high))))
+
+
+def _box_for(rng: np.random.Generator, size: float, image_size: int) -> tuple[int, int]:
+    """Width and height of a box whose sqrt(area) is about ``size``, with aspect ratio between 2:3 and 3:2."""
+    aspect = _log_uniform(rng, 2 / 3, 3 / 2)
+    w = round(min(size * math.sqrt(aspect), image_size))
+    h = round(min(size / math.sqrt(aspect), image_size))
+    return max(w, 2), max(h, 2)
+
+
+def render_image(
+    rng: np.random.Generator, config: SyntheticConfig = SyntheticConfig()
+) -> tuple[Image.Image, list[SyntheticObject]]:
+    """Draw one image and return it with its objects (largest first)."""
+    size = config.image_size
+    base = rng.uniform(50, 205, 3).astype(np.float32)
+
+    # Background: a gradient, then low-contrast blobs and lines drawn with ImageDraw.
+    background = Image.new("RGB", (size, size), tuple(int(c) for c in base))
+    draw = ImageDraw.Draw(background)
+    for _ in range(rng.integers(8, 17)):
+        tint = tuple(int(v) for v in np.clip(base + rng.normal(0, 14, 3), 0, 255))
+        r = _log_uniform(rng, 8, size / 2)
+        cx, cy = rng.uniform(-r, size + r, 2)
+        if rng.random() < 0.5:
+            draw.ellipse([cx - r, cy - r * rng.uniform(0.4, 1), cx + r, cy + r * rng.uniform(0.4, 1)], fill=tint)
+        else:
+            corners = [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in np.sort(rng.uniform(0, 2 * math.pi, 5))]
+            draw.polygon(corners, fill=tint)
+    for _ in range(rng.integers(3, 9)):
+        tint = tuple(int(v) for v in np.clip(base + rng.normal(0, 20, 3), 0, 255))
+        draw.line([tuple(rng.uniform(0, size, 2)) for _ in range(2)], fill=tint, width=int(rng.integers(1, 4)))
+    canvas = np.asarray(background, dtype=np.float32).copy()
+    gy, gx = rng.normal(0, 12, 2)
+    ramp = np.linspace(-1, 1, size, dtype=np.float32)
+    canvas += (gy * ramp[:, None] + gx * ramp[None, :])[..., None]
+
+    # Distractors go underneath the objects, so they never hide part of one.
+    for _ in range(rng.integers(1, 5)):
+        kind = DISTRACTORS[rng.integers(len(DISTRACTORS))]
+        w, h = _box_for(rng, _log_uniform(rng, config.min_size, config.max_size * 0.75), size)
+        x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+        _paint(canvas, rng, kind, (x, y, w, h), base)
+
+    # Objects, largest first: a later (smaller) one may cover at most a quarter of an earlier one's box, so every
+    # object stays recognisable, while small objects may still sit on large ones as in real scenes.
+    wanted = []
+    for _ in range(rng.integers(config.min_objects, config.max_objects + 1)):
+        label = int(rng.integers(len(CLASSES))) + 1
+        wanted.append((_box_for(rng, _log_uniform(rng, config.min_size, config.max_size), size), label))
+    wanted.sort(key=lambda item: -item[0][0] * item[0][1])
+    placed: list[SyntheticObject] = []
+    for (w, h), label in wanted:
+        for _ in range(30):
+            x, y = int(rng.integers(0, size - w + 1)), int(rng.integers(0, size - h + 1))
+            if all(_covered_fraction(obj.box, (x, y, x + w, y + h)) <= 0.25 for obj in placed):
+                _paint(canvas, rng, CLASSES[label - 1], (x, y, w, h), base)
+                placed.append(SyntheticObject((float(x), float(y), float(x + w), float(y + h)), label))
+                break
+
+    canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2, 8)
+    image = Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    return image, placed
+
+
+def _covered_fraction(under: Sequence[float], over: Sequence[float]) -> float:
+    """The fraction of box ``under``'s area that box ``over`` covers."""
+    iw = min(under[2], over[2]) - max(under[0], over[0])
+    ih = min(under[3], over[3]) - max(under[1], over[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    return iw * ih / ((under[2] - under[0]) * (under[3] - under[1]))
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+
+def size_buckets(areas: Sequence[float]) -> dict[str, int]:
+    """Counts of objects in COCO's small (< 32²), medium and large (> 96²) area buckets."""
+    areas = np.asarray(areas, dtype=np.float64)
+    small = int((areas < SMALL_AREA).sum())
+    large = int((areas > LARGE_AREA).sum())
+    return {"small": small, "medium": len(areas) - small - large, "large": large}
+
+
+def size_histogram(areas: Sequence[float]) -> dict[str, int]:
+    """Counts of objects by sqrt(area) in octaves: ``"<8"``, ``"8-16"``, ... ``"256+"``."""
+    sides = np.sqrt(np.asarray(areas, dtype=np.float64))
+    edges = [0, 8, 16, 32, 64, 128, 256, math.inf]
+    counts = np.histogram(sides, bins=edges)[0]
+    labels = ["<8", "8-16", "16-32", "32-64", "64-128", "128-256", "256+"]
+    return {label: int(c) for label, c in zip(labels, counts, strict=True)}
+
+
+def dataset_stats(annotations: Sequence[dict[str, Any]], num_images: int) -> dict[str, Any]:
+    """Images, objects, size buckets, octave histogram and per-class counts of a COCO annotation list."""
+    areas = [a["area"] for a in annotations]
+    per_class = {name: 0 for name in CLASSES}
+    for a in annotations:
+        per_class[CLASSES[a["category_id"] - 1]] += 1
+    return {
+        "images": num_images,
+        "objects": len(annotations),
+        "buckets": size_buckets(areas),
+        "histogram": size_histogram(areas),
+        "classes": per_class,
+    }
+
+
+# --- writing and caching -------------------------------------------------------------------------------------
+
+_SPLITS = ("train", "val")
+
+
+def _write_split(folder: Path, split: str, count: int, config: SyntheticConfig) -> dict[str, Any]:
+    (folder / split).mkdir(parents=True)
+    images, annotations = [], []
+    for index in range(count):
+        # One Generator per image, keyed by (seed, split, index): the set does not depend on generation order.
+        rng = np.random.default_rng([config.seed, _SPLITS.index(split), index])
+        image, objects = render_image(rng, config)
+        file_name = f"{index + 1:06d}.jpg"
+        image.save(folder / split / file_name, quality=config.jpeg_quality)
+        images.append({"id": index + 1, "file_name": file_name, "width": image.width, "height": image.height})
+        for obj in objects:
+            x1, y1, x2, y2 = obj.box
+            annotations.append(
+                {
+                    "image_id": index + 1,
+                    "category_id": obj.label,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    write_coco(folder / f"{split}.json", images, annotations, categories)
+    return dataset_stats(annotations, len(images))
+
+
+def _manifest_params(config: SyntheticConfig) -> dict[str, Any]:
+    return {"generator_version": GENERATOR_VERSION, **asdict(config)}
+
+
+def _read_manifest(root: Path) -> dict[str, Any] | None:
+    path = root / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = read_json(path)
+    except DataError:
+        return None  # an unreadable manifest means an unusable cache: regenerate it
+    return manifest if isinstance(manifest, dict) else None
+
+
+def synthetic_stats(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The statistics recorded when the set under ``root`` was generated (per split, see :func:`dataset_stats`)."""
+    manifest = _read_manifest(Path(root))
+    if manifest is None:
+        raise DataError(f"{root}: not a synthetic data set (no readable manifest.json)")
+    return manifest["stats"]
+
+
+def make_synthetic(
+    root: str | os.PathLike[str],
+    *,
+    num_train: int = SyntheticConfig.num_train,
+    num_val: int = SyntheticConfig.num_val,
+    image_size: int = SyntheticConfig.image_size,
+    seed: int = SyntheticConfig.seed,
+    min_size: float = SyntheticConfig.min_size,
+    max_size: float | None = None,
+    min_objects: int = SyntheticConfig.min_objects,
+    max_objects: int = SyntheticConfig.max_objects,
+) -> Path:
+    """Generate the synthetic set under ``root`` (or reuse it) and return the path of its ``data.yaml``.
+
+    ``max_size`` defaults to ``0.7 * image_size`` (224 px for 320 px images). The folder holds ``train/`` and
+    ``val/`` (JPEG, quality 95), ``train.json``, ``val.json``, ``data.yaml`` and ``manifest.json`` (the
+    parameters and the statistics of :func:`dataset_stats`). It is regenerated only if the manifest is
+    missing or its parameters differ. A folder that exists but is not such a cache is never overwritten.
+    """
+    root = Path(root).expanduser()
+    if max_size is None:
+        max_size = round(0.7 * image_size, 2)
+    config = SyntheticConfig(
+        num_train=num_train,
+        num_val=num_val,
+        image_size=image_size,
+        seed=seed,
+        min_size=float(min_size),
+        max_size=float(max_size),
+        min_objects=min_objects,
+        max_objects=max_objects,
+    )
+    config.check()
+    params = _manifest_params(config)
+    manifest = _read_manifest(root)
+    if manifest is not None and manifest.get("params") == params and (root / "data.yaml").is_file():
+        return root / "data.yaml"
+    # Only a folder with a manifest (even a corrupt one) is ours to replace; never delete a user's folder.
+    if root.exists() and not (root / "manifest.json").is_file() and (not root.is_dir() or any(root.iterdir())):
+        raise DataError(
+            f"{root}: exists and is not a synthetic data set cache (no manifest.json); choose another folder"
+        )
+
+    start = time.perf_counter()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    temporary = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        stats = {
+            split: _write_split(temporary, split, count, config)
+            for split, count in zip(_SPLITS, (num_train, num_val), strict=True)
+        }
+        spec = {
+            "format": "coco",
+            "names": list(CLASSES),
+            "train": {"annotations": "train.json", "images": "train"},
+            "val": {"annotations": "val.json", "images": "val"},
+        }
+        (temporary / "data.yaml").write_text(
+            "# Synthetic shapes data set generated by fpn.data.synthetic; see manifest.json for its parameters.\n"
+            + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None),
+            encoding="utf-8",
+        )
+        write_json(temporary / "manifest.json", {"params": params, "stats": stats})
+        _swap_into_place(temporary, root, params)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    for split in _SPLITS:
+        s = stats[split]
+        logger.info(
+            "synthetic %s: %d images, %d objects, small/medium/large %d/%d/%d, generated in %.1f s",
+            split,
+            s["images"],
+            s["objects"],
+            s["buckets"]["small"],
+            s["buckets"]["medium"],
+            s["buckets"]["large"],
+            seconds,
+        )
+    return root / "data.yaml"
+
+
+def _swap_into_place(temporary: Path, root: Path, params: dict[str, Any]) -> None:
+    """Rename the finished folder to ``root``, replacing an outdated cache; tolerate a concurrent writer."""
+    old = None
+    if root.exists():
+        old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(root, old)
+    try:
+        os.replace(temporary, root)
+    except OSError:
+        # Another process put a cache in place between the two renames; use it if it is the one we want.
+        manifest = _read_manifest(root)
+        if manifest is None or manifest.get("params") != params:
+            raise DataError(f"{root}: could not replace the synthetic data set cache (written concurrently?)") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
