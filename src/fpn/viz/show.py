@@ -1,0 +1,128 @@
+"""What happens at each pyramid level for one image: maps, counts, and which level found which object.
+
+:func:`inspect_image` runs a detector once and collects, per level: anchors, positive anchors for the
+given ground-truth boxes (the RPN's 0.7/0.3 matcher), proposals kept after NMS, RoIs pooled from the level,
+and final detections produced from RoIs of that level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from fpn.detection import FasterRCNN
+from fpn.detection.transform import resize_boxes
+from fpn.ops import box_iou
+from fpn.viz.draw import LEVEL_COLOURS, draw_detections
+
+
+@dataclass
+class Inspection:
+    bottom_up: dict[str, torch.Tensor]  # one image's C maps [C, h, w] (padded input)
+    pyramid: dict[str, torch.Tensor]  # one image's P maps
+    resized: tuple[int, int]  # (h, w) of the resized image inside the padding
+    detections: dict[str, torch.Tensor]  # original pixels, with "levels"
+    counts: dict[str, dict[str, int]]  # level name -> {anchors, positive_anchors, proposals, rois, detections}
+
+
+@torch.inference_mode()
+def inspect_image(model: FasterRCNN, image: torch.Tensor, boxes: torch.Tensor | None = None) -> Inspection:
+    """Run ``model`` on one ``[3, H, W]`` image; ``boxes`` ([G, 4] xyxy, original pixels) count positive anchors."""
+    model.eval()
+    batch, _ = model.transform([image])
+    bottom_up, pyramid = model.features(batch.tensors)
+    detections = model([image])[0]
+    counts_rpn = model.last_counts
+    levels = [lv.name for lv in model.levels]
+    positives = [0] * len(levels)
+    if boxes is not None and len(boxes):
+        sizes = {name: pyramid[name].shape[-2:] for name in levels}
+        anchors, per_level = model.rpn.anchor_generator(batch.tensors.shape[-2:], sizes)
+        gt = resize_boxes(boxes.float(), image.shape[-2:], batch.image_sizes[0])
+        matched = model.rpn.matcher(box_iou(gt, anchors))
+        for i, chunk in enumerate((matched >= 0).split(per_level)):
+            positives[i] = int(chunk.sum())
+    pooled = {lv.index: n for lv, n in zip(model.roi_heads.pooler.levels, counts_rpn["rois"])}
+    counts = {}
+    for i, name in enumerate(levels):
+        index = int(name[1:])
+        counts[name] = {
+            "anchors": counts_rpn["anchors"][i],
+            "positive_anchors": positives[i],
+            "proposals": counts_rpn["proposals"][i],
+            "rois": pooled.get(index, 0),
+            "detections": int((detections["levels"] == index).sum()),
+        }
+    return Inspection(
+        {k: v[0] for k, v in bottom_up.items()},
+        {k: v[0] for k, v in pyramid.items()},
+        batch.image_sizes[0],
+        detections,
+        counts,
+    )
+
+
+def object_size_range(model: FasterRCNN, index: int) -> str:
+    """The RoI sizes (sqrt of area, in resized-image pixels) the paper's rule assigns to level ``index``."""
+    cfg = model.config.roi_heads
+    pool = [lv.index for lv in model.roi_heads.pooler.levels]
+    low = cfg.canonical_size * 2.0 ** (index - cfg.canonical_level)
+    if index not in pool:
+        return "no RoIs (RPN only)"
+    lower = "0" if index == pool[0] else f"{low:.0f}"
+    upper = "inf" if index == pool[-1] else f"{2 * low:.0f}"
+    return f"RoIs {lower}-{upper} px"
+
+
+def detections_by_level(image: Image.Image, inspection: Inspection, model: FasterRCNN) -> Image.Image:
+    """Detections coloured by the level that produced them, with a legend: level -> stride -> object size."""
+    drawn = draw_detections(image, inspection.detections, model.config.class_names, colour_by="level")
+    font = ImageFont.load_default()
+    rows = [lv for lv in model.levels if lv.index <= 5 or lv.index in LEVEL_COLOURS]
+    line = 14
+    legend = Image.new("RGB", (drawn.width, line * (len(rows) + 1) + 6), (255, 255, 255))
+    draw = ImageDraw.Draw(legend)
+    draw.text((4, 2), "level  stride  objects (resized image)  detections", fill=(0, 0, 0), font=font)
+    for i, lv in enumerate(rows, start=1):
+        y = 2 + i * line
+        draw.rectangle((4, y + 2, 14, y + 11), fill=LEVEL_COLOURS.get(lv.index, (0, 0, 0)))
+        found = inspection.counts[lv.name]["detections"]
+        text = f"{lv.name}   {lv.stride:>3}   {object_size_range(model, lv.index)}   {found}"
+        draw.text((20, y), text, fill=(0, 0, 0), font=font)
+    out = Image.new("RGB", (drawn.width, drawn.height + legend.height), (255, 255, 255))
+    out.paste(drawn, (0, 0))
+    out.paste(legend, (0, drawn.height))
+    return out
+
+
+def counts_table(counts: dict[str, dict[str, int]]) -> str:
+    """A plain-text table of per-level counts with a total row."""
+    keys = ["anchors", "positive_anchors", "proposals", "rois", "detections"]
+    header = f"{'level':<6}" + "".join(f"{k:>18}" for k in keys)
+    lines = [header]
+    for name, row in counts.items():
+        lines.append(f"{name:<6}" + "".join(f"{row[k]:>18}" for k in keys))
+    lines.append(f"{'total':<6}" + "".join(f"{sum(r[k] for r in counts.values()):>18}" for k in keys))
+    return "\n".join(lines)
+
+
+def parse_boxes(values: Sequence[str]) -> torch.Tensor:
+    """``["x1,y1,x2,y2", ...]`` -> ``[G, 4]``."""
+    from fpn.errors import ConfigError
+
+    rows = []
+    for value in values:
+        parts = value.split(",")
+        try:
+            row = [float(p) for p in parts]
+        except ValueError:
+            row = []
+        if len(row) != 4 or row[2] <= row[0] or row[3] <= row[1]:
+            raise ConfigError(f"--box {value!r}: expected x1,y1,x2,y2 with x2 > x1 and y2 > y1")
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+
