@@ -121,7 +121,7 @@ def _torchvision_key(key: str) -> str | None:
     """Our name for a torchvision ``fasterrcnn_resnet50_fpn`` key (both its old and new module layouts)."""
     parts = key.split(".")
     if key.startswith("backbone.body."):
-        return key[len("backbone.body.") :]
+        return "backbone." + key[len("backbone.body.") :]
     if key.startswith(("backbone.fpn.inner_blocks.", "backbone.fpn.layer_blocks.")):
         # inner_blocks.{i}[.0].weight -> pyramid.lateral.c{i+2}.weight; layer_blocks -> pyramid.smooth.p{i+2}
         index, leaf = int(parts[3]), parts[-1]

@@ -38,7 +38,9 @@ class FasterRCNN(nn.Module):
         # A backbone stage the pyramid never reads would hold parameters without gradients: drop it.
         self.backbone.truncate(self.pyramid.in_levels[-1].name)
         self.levels = self.pyramid.levels
-        self.transform = DetectionTransform(config.transform, size_divisible=self.levels[-1].stride)
+        # Pad to the backbone's coarsest stride (32 for C5, as torchvision does): extra levels above it
+        # (P6, P7) are subsampled with rounding up, so they need no padding of their own.
+        self.transform = DetectionTransform(config.transform, size_divisible=self.backbone.levels[-1].stride)
         self.rpn = RegionProposalNetwork(self.levels, config.anchors.sizes, config.anchors.aspect_ratios, config.rpn)
         self.roi_heads = RoIHeads(self.levels, config.num_classes, config.roi_heads)
         self.last_counts: dict[str, list[int]] = {}  # per-level counts of the last forward, for `fpn show`
