@@ -180,6 +180,9 @@ def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | No
     elif is_torchvision_layout(state):
         weights = convert_torchvision(state, source=source)
         config = r50_fpn()
+        # torchvision runs its COCO checkpoint with FrozenBatchNorm eps = 0 (overwrite_eps); to get its
+        # detections, so must we. A model fine-tuned from ImageNet weights used 1e-5: backbone.bn_eps=1e-5.
+        config.backbone.bn_eps = 0.0
         classes = weights.get("roi_heads.box_predictor.cls_score.weight")
         if classes is None:
             raise CheckpointError(f"{source}: torchvision layout without roi_heads.box_predictor.cls_score.weight")

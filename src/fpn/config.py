@@ -32,6 +32,7 @@ class BackboneConfig:
     width: int = 64  # channels of the stem; 64 is torchvision's ResNet, 16 or 32 make narrow CPU variants
     norm: str = "frozen_bn"  # frozen_bn (default with pretrained weights), bn, or gn (training from scratch)
     trainable_stages: int = 3  # how many of (layer4, layer3, layer2, layer1, stem) train, from the top; 0..5
+    bn_eps: float = 1e-5  # frozen_bn / bn epsilon; torchvision's COCO Faster R-CNN checkpoint runs with 0.0
     weights: str | None = None  # ImageNet checkpoint: a path, or a URL fetched through torch.hub
 
 
@@ -213,8 +214,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, where: str = 
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"{where}: unknown config key '{dotted}'")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_value(raw)
     return data
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML, except that numbers YAML 1.1 reads as strings (``1e-5``) are numbers."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

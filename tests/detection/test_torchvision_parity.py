@@ -35,6 +35,9 @@ def model(golden, tmp_path_factory):
     torch.save(state, path)
     transform = golden["metadata"]["transform"]
     overrides = [f"transform.min_size={list(transform['min_size'])}", f"transform.max_size={transform['max_size']}"]
+    # The goldens were made with FrozenBatchNorm2d's default eps (1e-5), not the 0 torchvision uses with
+    # its COCO checkpoint (and which load_detector therefore picks for this layout).
+    overrides.append("backbone.bn_eps=1e-5")
     model, _ = load_detector(path, config_overrides=overrides)
     return model
 
@@ -75,6 +78,14 @@ def test_batch_of_odd_sizes_matches_torchvision(model, images, golden):
     proposals, detections = run(model, images)
     for index, expected in enumerate(golden["batched"]):
         compare(expected, proposals[index], detections[index])
+
+
+def test_torchvision_layout_defaults_to_torchvisions_coco_eps(model, tmp_path):
+    keys = json.loads((GOLDEN / "fasterrcnn_resnet50_fpn_keys.json").read_text())["fasterrcnn_resnet50_fpn_frozen_bn"]
+    path = tmp_path / "coco.pth"
+    torch.save({key: torch.zeros(shape) for key, shape in keys}, path)
+    loaded, _ = load_detector(path)
+    assert loaded.config.backbone.bn_eps == 0.0 and loaded.backbone.bn1.eps == 0.0
 
 
 def test_coco_names_come_with_the_torchvision_layout(model):

@@ -11,7 +11,13 @@ __all__ = ["FrozenBatchNorm2d", "ResNet", "build_backbone", "load_imagenet_weigh
 
 def build_backbone(config: BackboneConfig) -> ResNet:
     """A ResNet as configured, with ImageNet weights loaded if ``config.weights`` names a file or URL."""
-    model = ResNet(config.depth, width=config.width, norm=config.norm, trainable_stages=config.trainable_stages)
+    model = ResNet(
+        config.depth,
+        width=config.width,
+        norm=config.norm,
+        trainable_stages=config.trainable_stages,
+        bn_eps=config.bn_eps,
+    )
     if config.weights:
         load_imagenet_weights(model, config.weights)
     return model

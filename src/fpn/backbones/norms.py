@@ -48,12 +48,12 @@ def group_count(channels: int, preferred: int = 32) -> int:
     return math.gcd(channels, preferred)
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
-    """A normalisation layer by name: ``frozen_bn``, ``bn`` or ``gn``."""
+def make_norm(kind: str, channels: int, eps: float = 1e-5) -> nn.Module:
+    """A normalisation layer by name: ``frozen_bn``, ``bn`` or ``gn`` (``eps`` applies to the BatchNorms)."""
     if kind == "frozen_bn":
-        return FrozenBatchNorm2d(channels)
+        return FrozenBatchNorm2d(channels, eps=eps)
     if kind == "bn":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels, eps=eps)
     if kind == "gn":
         return nn.GroupNorm(group_count(channels), channels)
     raise ValueError(f"unknown norm {kind!r}")

@@ -38,6 +38,11 @@ _ARCH: dict[int, tuple[tuple[int, int, int, int], bool]] = {
 STAGES = ("layer4", "layer3", "layer2", "layer1", "stem")
 
 
+def _norm(spec: tuple[str, float], channels: int) -> nn.Module:
+    kind, eps = spec
+    return make_norm(kind, channels, eps)
+
+
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
@@ -51,12 +56,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(self, cin: int, planes: int, stride: int, norm: tuple[str, float]) -> None:
         super().__init__()
         self.conv1 = _conv3x3(cin, planes, stride)
-        self.bn1 = make_norm(norm, planes)
+        self.bn1 = _norm(norm, planes)
         self.conv2 = _conv3x3(planes, planes)
-        self.bn2 = make_norm(norm, planes)
+        self.bn2 = _norm(norm, planes)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _projection(cin, planes, stride, norm)
 
@@ -72,14 +77,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, norm: str) -> None:
+    def __init__(self, cin: int, planes: int, stride: int, norm: tuple[str, float]) -> None:
         super().__init__()
         self.conv1 = _conv1x1(cin, planes)
-        self.bn1 = make_norm(norm, planes)
+        self.bn1 = _norm(norm, planes)
         self.conv2 = _conv3x3(planes, planes, stride)
-        self.bn2 = make_norm(norm, planes)
+        self.bn2 = _norm(norm, planes)
         self.conv3 = _conv1x1(planes, planes * 4)
-        self.bn3 = make_norm(norm, planes * 4)
+        self.bn3 = _norm(norm, planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = _projection(cin, planes * 4, stride, norm)
 
@@ -91,10 +96,10 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-def _projection(cin: int, cout: int, stride: int, norm: str) -> nn.Sequential | None:
+def _projection(cin: int, cout: int, stride: int, norm: tuple[str, float]) -> nn.Sequential | None:
     if stride == 1 and cin == cout:
         return None
-    return nn.Sequential(_conv1x1(cin, cout, stride), make_norm(norm, cout))
+    return nn.Sequential(_conv1x1(cin, cout, stride), _norm(norm, cout))
 
 
 class ResNet(nn.Module):
@@ -107,6 +112,7 @@ class ResNet(nn.Module):
         trainable_stages: how many stages, counted from ``layer4`` down to the stem, receive gradients.
         num_classes: add torchvision's ``avgpool`` + ``fc`` classifier (for ImageNet checkpoints); the
             detector never uses it.
+        bn_eps: epsilon of the BatchNorm layers (frozen or not).
     """
 
     def __init__(
@@ -117,6 +123,7 @@ class ResNet(nn.Module):
         norm: str = "frozen_bn",
         trainable_stages: int = 5,
         num_classes: int | None = None,
+        bn_eps: float = 1e-5,
     ) -> None:
         super().__init__()
         if depth not in _ARCH:
@@ -124,8 +131,9 @@ class ResNet(nn.Module):
         blocks, bottleneck = _ARCH[depth]
         block = Bottleneck if bottleneck else BasicBlock
         self.depth, self.width, self.norm = depth, width, norm
+        spec = (norm, bn_eps)
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = make_norm(norm, width)
+        self.bn1 = _norm(spec, width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         cin = width
@@ -134,7 +142,7 @@ class ResNet(nn.Module):
             planes = width * 2**i
             layers = []
             for j in range(count):
-                layers.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, norm))
+                layers.append(block(cin, planes, 2 if (i > 0 and j == 0) else 1, spec))
                 cin = planes * block.expansion
             stages.append(nn.Sequential(*layers))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
