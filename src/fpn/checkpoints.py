@@ -82,6 +82,14 @@ def load_matching(module: nn.Module, state: Mapping[str, Any], *, source: str, w
     module.load_state_dict(state, strict=True)
 
 
+def _publish(tmp: str, path: Path) -> None:
+    """Give the temporary file the permissions a plain ``open`` would have, then rename it over ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename over it (atomic on POSIX)."""
     path = Path(path)
@@ -92,7 +100,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -107,7 +115,7 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

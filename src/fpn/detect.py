@@ -21,17 +21,6 @@ from fpn.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; ``cuda`` without a GPU is a clear error."""
-    from fpn.errors import ConfigError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
 def to_records(file_name: str, detections: dict[str, torch.Tensor], model: FasterRCNN) -> list[dict]:
     """One JSON-ready record per detection, in COCO's ``[x, y, w, h]`` convention."""
     config = model.config

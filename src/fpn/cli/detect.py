@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from fpn.checkpoints import atomic_write_text, load_detector
 from fpn.data.images import list_images
-from fpn.detect import detect_files, pick_device
+from fpn.detect import detect_files
+from fpn.engine.distributed import resolve_device
 from fpn.viz.draw import draw_detections
 
 
@@ -28,7 +29,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     paths = list_images(args.sources)
     model, _ = load_detector(args.weights)
     out_dir = Path(args.save_images) if args.save_images else None

@@ -1,0 +1,58 @@
+"""``fpn eval --weights W --data D``: COCO AP/AR of a checkpoint on a dataset split, and which levels detect what."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fpn.checkpoints import atomic_write_text, load_detector
+from fpn.data import load_dataset
+from fpn.engine.distributed import resolve_device
+from fpn.engine.evaluate import evaluate, format_metrics, format_per_level
+from fpn.errors import ConfigError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a checkpoint (COCO AP)", description=__doc__)
+    p.add_argument("--weights", required=True, help="checkpoint: RUN/model.pt or torchvision's fasterrcnn .pth")
+    p.add_argument("--data", required=True, help="dataset YAML or built-in name (synthetic)")
+    p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    p.add_argument("--output", help="write metrics and the per-level table as JSON to this file")
+    p.add_argument("--detections", help="also write the detections (COCO results format + level) as JSON")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = resolve_device(args.device)
+    dataset = load_dataset(args.data, args.split)
+    model, _ = load_detector(args.weights)
+    model.to(device)
+    result = evaluate(model, dataset, batch_size=args.batch_size, device=device, progress=sys.stderr.isatty())
+    print(
+        f"{args.weights} on {args.data} ({args.split}, {len(dataset)} images, {len(result['detections'])} detections)"
+    )
+    print(format_metrics(result["metrics"]))
+    print()
+    print(format_per_level(result["per_level"]))
+    if args.output:
+        payload = {
+            "weights": str(args.weights),
+            "data": str(args.data),
+            "split": args.split,
+            "images": result["images"],
+            "metrics": result["metrics"],
+            "per_level": result["per_level"],
+        }
+        atomic_write_text(json.dumps(payload, indent=2) + "\n", args.output)
+        print(f"metrics -> {args.output}")
+    if args.detections:
+        # One detection per line: readable, diffable, and still a single JSON list.
+        lines = ",\n".join(json.dumps(d) for d in result["detections"])
+        atomic_write_text(f"[\n{lines}\n]\n" if lines else "[]\n", args.detections)
+        print(f"detections -> {args.detections}")
+    return 0

@@ -1,0 +1,84 @@
+"""``fpn train --data D``: train a detector into a run folder (config, checkpoints, logs, curves, metrics).
+
+The run config is built from the preset (``--model``, ``--design``), then a run config YAML (``--config``),
+then the flags, then ``key=value`` overrides (``train.lr=0.02``, ``model.rpn.nms_thresh=0.6``; bare train
+keys such as ``lr=0.02`` mean ``train.lr``). Several processes: ``torchrun --nproc_per_node N -m fpn train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fpn.config import to_dict
+from fpn.engine.config import RunConfig, build_run_config
+from fpn.engine.distributed import dist_info
+from fpn.errors import ConfigError
+from fpn.presets import PRESETS, preset
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a detector", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", help="dataset YAML or built-in name (synthetic); default: the run config's")
+    p.add_argument("--model", default=None, help=f"preset: {', '.join(PRESETS)} (default: tiny-fpn)")
+    p.add_argument("--design", help="pyramid design (fpn, single-map, hierarchy, ...); default: the preset's")
+    p.add_argument("--out", help="run folder (default: runs/<model>[-<design>], numbered if it exists)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=int, help="train for N iterations")
+    budget.add_argument("--epochs", type=float, help="train for N passes over the training set")
+    budget.add_argument("--minutes", type=float, help="train for N minutes (the schedule follows the clock)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run config's (auto)")
+    p.add_argument("--config", help="run config YAML (model, train, data); e.g. a RUN/config.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. train.lr=0.02")
+    p.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The run config the flags describe: preset, then --config, then flags, then overrides."""
+    config_file = args.config
+    if args.resume and config_file is None and args.out and (Path(args.out) / "config.yaml").is_file():
+        if args.model or args.design:
+            raise ConfigError("--model / --design cannot change a resumed run's model; leave them out")
+        config_file = str(Path(args.out) / "config.yaml")  # continue with the run's own config
+    settings: dict[str, object] = {}
+    if args.data:
+        settings["data"] = args.data
+    for flag in ("iters", "epochs", "minutes"):
+        if getattr(args, flag) is not None:
+            # One budget replaces the others: --iters 100 must not also stop after the config's 12 epochs.
+            settings.update({"train.iters": None, "train.epochs": None, "train.minutes": None})
+            settings[f"train.{flag}"] = getattr(args, flag)
+    if args.device:
+        settings["train.device"] = args.device
+    if args.design:
+        settings["model.pyramid.design"] = args.design
+    if not args.data and config_file is None:
+        raise ConfigError("--data is required (a dataset YAML or 'synthetic'), or a --config that names one")
+    base = {"model": to_dict(preset(args.model or "tiny-fpn", design=args.design))}
+    return build_run_config(base, config_file=config_file, settings=settings, overrides=list(args.overrides))
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """``runs/<model>[-<design>]``, or the first free ``...-2``, ``...-3``."""
+    name = (args.model or "tiny-fpn") + (f"-{args.design}" if args.design else "")
+    out, number = Path("runs") / name, 2
+    while out.exists():
+        out, number = Path("runs") / f"{name}-{number}", number + 1
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from fpn.engine.train import train
+
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out, the run folder to continue")
+    config = build_config(args)
+    out = Path(args.out) if args.out else default_out(args)
+    model_path = train(config, out, resume=args.resume, progress=sys.stderr.isatty())
+    if dist_info().is_main:
+        print(out)
+    return 0 if model_path.is_file() or not dist_info().is_main else 1

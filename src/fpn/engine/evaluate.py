@@ -1,0 +1,203 @@
+"""COCO-style evaluation of a detector on a dataset split, with a per-pyramid-level breakdown.
+
+:func:`evaluate` runs the model over the dataset, converts its detections to COCO's results format in the
+dataset's original category ids, and scores them with pycocotools against
+:meth:`~fpn.data.DetectionDataset.coco_ground_truth` (built in memory, no files). Metrics are on a 0-100
+scale; a metric whose area bucket has no ground truth at all (pycocotools' ``-1``) is ``None``.
+
+The per-level table says which pyramid level produced how many detections, split by the detection's size
+in COCO's buckets (small < 32², medium, large > 96² pixels of box area in the original image): the FPN
+paper's claim is that small objects come from fine levels and large ones from coarse levels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fpn.data.dataset import DetectionDataset, collate
+from fpn.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: COCOeval.stats in order, under the names the metrics dict uses.
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+SMALL_AREA = 32.0**2
+LARGE_AREA = 96.0**2
+BUCKETS = ("small", "medium", "large")
+
+
+def label_to_category(model_names: Sequence[str], dataset: DetectionDataset) -> dict[int, int]:
+    """Model label (1..K) -> dataset category id, matched by class name.
+
+    Names rather than positions, so a model whose classes are a superset (torchvision's 91 COCO slots) or
+    a reordering of the dataset's still scores correctly; labels the dataset lacks are dropped.
+    """
+    ids = dict(zip(dataset.names, dataset.category_ids))
+    mapping = {label: ids[name] for label, name in enumerate(model_names, start=1) if name in ids}
+    if not mapping:
+        raise ConfigError(
+            f"{dataset.source}: none of the model's classes ({', '.join(list(model_names)[:5])}, ...) "
+            f"is a class of the dataset ({', '.join(dataset.names[:5])}, ...)"
+        )
+    return mapping
+
+
+def size_bucket(area: float) -> str:
+    return "small" if area < SMALL_AREA else "large" if area > LARGE_AREA else "medium"
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    dataset: DetectionDataset,
+    *,
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    workers: int = 0,
+) -> list[dict[str, Any]]:
+    """Detections for every image of ``dataset`` in COCO results format, with the pyramid ``level`` of each.
+
+    ``bbox`` is ``[x, y, w, h]`` in the original image's pixels; ``category_id`` is the dataset's id.
+    """
+    mapping = label_to_category(model.config.class_names, dataset)
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate)
+    results: list[dict[str, Any]] = []
+    bar = tqdm(total=len(dataset), desc="eval", unit="img", leave=False, disable=not progress, file=sys.stderr)
+    try:
+        for images, targets in loader:
+            outputs = model([image.to(device) for image in images])
+            for output, target in zip(outputs, targets):
+                boxes = output["boxes"].float().cpu()
+                scores = output["scores"].float().cpu().tolist()
+                labels = output["labels"].cpu().tolist()
+                levels = output.get("levels", torch.full((len(labels),), -1)).cpu().tolist()
+                xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+                for box, score, label, level in zip(xywh, scores, labels, levels):
+                    if label not in mapping:
+                        continue
+                    results.append(
+                        {
+                            "image_id": int(target["image_id"]),
+                            "category_id": mapping[label],
+                            "bbox": [round(v, 3) for v in box],
+                            "score": round(float(score), 5),
+                            "level": int(level),
+                        }
+                    )
+            bar.update(len(images))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return results
+
+
+def coco_metrics(ground_truth: dict[str, Any], detections: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """pycocotools' 12 bbox numbers (0-100; ``None`` where a bucket has no ground truth), its prints silenced."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(ground_truth)  # COCO() and COCOeval add keys to what they are given
+        gt.createIndex()
+        if not gt.getAnnIds():
+            stats = None  # nothing to find: COCOeval would report -1 everywhere
+        else:
+            dt = _results(gt, detections)
+            evaluator = COCOeval(gt, dt, iouType="bbox")
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            stats = evaluator.stats
+    logger.debug("pycocotools:\n%s", printed.getvalue().rstrip())
+    if stats is None:
+        return dict.fromkeys(METRICS)
+    return {name: (round(float(v) * 100, 4) if v >= 0 else None) for name, v in zip(METRICS, stats)}
+
+
+def _results(gt: Any, detections: Sequence[dict[str, Any]]) -> Any:
+    """A results COCO object; ``loadRes`` cannot take an empty list, so build that one by hand."""
+    from pycocotools.coco import COCO
+
+    plain = [{k: v for k, v in d.items() if k != "level"} for d in detections]
+    if plain:
+        return gt.loadRes(plain)
+    empty = COCO()
+    empty.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"])}
+    empty.dataset["annotations"] = []
+    empty.createIndex()
+    return empty
+
+
+def per_level_table(detections: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``{"P2": {"small": n, "medium": n, "large": n, "total": n}, ...}`` by level, finest first."""
+    table: dict[int, dict[str, int]] = {}
+    for det in detections:
+        row = table.setdefault(int(det.get("level", -1)), {**dict.fromkeys(BUCKETS, 0), "total": 0})
+        _, _, w, h = det["bbox"]
+        row[size_bucket(w * h)] += 1
+        row["total"] += 1
+    return {(f"P{level}" if level >= 0 else "?"): table[level] for level in sorted(table)}
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: DetectionDataset,
+    *,
+    batch_size: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Run ``model`` over ``dataset`` and score it.
+
+    Returns ``{"metrics": {AP, AP50, ..., ARl}, "per_level": {...}, "detections": [...], "images": N}``;
+    see :func:`coco_metrics`, :func:`per_level_table` and :func:`predict`.
+    """
+    detections = predict(model, dataset, batch_size=batch_size, device=device, progress=progress, workers=workers)
+    metrics = coco_metrics(dataset.coco_ground_truth(), detections)
+    return {
+        "metrics": metrics,
+        "per_level": per_level_table(detections),
+        "detections": detections,
+        "images": len(dataset),
+    }
+
+
+def format_metrics(metrics: dict[str, float | None]) -> str:
+    """Two aligned lines: names, then values (``-`` where a bucket had no ground truth)."""
+    cells = [(name, "-" if metrics.get(name) is None else f"{metrics[name]:.1f}") for name in METRICS]
+    widths = [max(len(a), len(b)) for a, b in cells]
+    head = "  ".join(name.rjust(w) for (name, _), w in zip(cells, widths))
+    values = "  ".join(value.rjust(w) for (_, value), w in zip(cells, widths))
+    return f"{head}\n{values}"
+
+
+def format_per_level(table: dict[str, dict[str, int]]) -> str:
+    """One line per level: detections by size bucket, and the level's share of all detections."""
+    total = sum(row["total"] for row in table.values()) or 1
+    lines = [f"{'level':>5}  {'small':>7}  {'medium':>7}  {'large':>7}  {'total':>7}  {'share':>6}"]
+    for level, row in table.items():
+        share = f"{100 * row['total'] / total:.1f}%"
+        lines.append(
+            f"{level:>5}  {row['small']:>7}  {row['medium']:>7}  {row['large']:>7}  {row['total']:>7}  {share:>6}"
+        )
+    if not table:
+        lines.append("(no detections)")
+    return "\n".join(lines)

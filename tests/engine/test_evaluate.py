@@ -1,0 +1,147 @@
+"""Evaluation: agreement with pycocotools, perfect and empty detections, the per-level table, class mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from fpn.config import ModelConfig
+from fpn.data import load_dataset, make_synthetic
+from fpn.engine.evaluate import METRICS, evaluate, format_metrics, format_per_level, per_level_table
+from fpn.errors import ConfigError
+
+
+class Scripted(nn.Module):
+    """A stand-in detector that returns prepared outputs, one per image in dataset order."""
+
+    def __init__(self, class_names: list[str], outputs: list[dict[str, torch.Tensor]]) -> None:
+        super().__init__()
+        self.config = ModelConfig(class_names=list(class_names))
+        self.outputs = list(outputs)
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        assert not self.training
+        return [self.outputs.pop(0) for _ in images]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    path = make_synthetic(tmp_path_factory.mktemp("eval") / "set", num_train=1, num_val=6, image_size=160)
+    return load_dataset(path, "val")
+
+
+def output(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, levels: torch.Tensor | None = None) -> dict:
+    levels = levels if levels is not None else torch.full((len(boxes),), 3)
+    return {"boxes": boxes.float(), "scores": scores.float(), "labels": labels.long(), "levels": levels.long()}
+
+
+def perfect_outputs(dataset, label_of=lambda label: label) -> list[dict]:
+    outputs = []
+    for i in range(len(dataset)):
+        target = dataset.target(i)
+        n = len(target["boxes"])
+        labels = torch.tensor([label_of(int(lb)) for lb in target["labels"]])
+        outputs.append(output(target["boxes"], torch.ones(n), labels, torch.arange(n) % 4 + 2))
+    return outputs
+
+
+def noisy_outputs(dataset, seed: int = 0) -> list[dict]:
+    """Jittered ground truth, some wrong labels and some false positives, with random scores."""
+    g = torch.Generator().manual_seed(seed)
+    outputs = []
+    for i in range(len(dataset)):
+        target = dataset.target(i)
+        boxes = target["boxes"] + torch.randn(target["boxes"].shape, generator=g) * 3
+        labels = target["labels"].clone()
+        flip = torch.rand(len(labels), generator=g) < 0.2
+        labels[flip] = labels[flip] % dataset.num_classes + 1
+        extra = torch.rand(4, 2, generator=g) * 120
+        extra = torch.cat([extra, extra + 8 + torch.rand(4, 2, generator=g) * 30], dim=1)
+        boxes = torch.cat([boxes, extra]).clamp(0, 160)
+        labels = torch.cat([labels, torch.randint(1, dataset.num_classes + 1, (4,), generator=g)])
+        scores = torch.rand(len(boxes), generator=g)
+        outputs.append(output(boxes, scores, labels, torch.randint(2, 6, (len(boxes),), generator=g)))
+    return outputs
+
+
+def test_metrics_agree_with_pycocotools(dataset) -> None:
+    result = evaluate(Scripted(dataset.names, noisy_outputs(dataset)), dataset, batch_size=4)
+    detections = result["detections"]
+    assert detections and {"image_id", "category_id", "bbox", "score", "level"} <= set(detections[0])
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = dataset.coco_ground_truth()
+        gt.createIndex()
+        dt = gt.loadRes([{k: v for k, v in d.items() if k != "level"} for d in detections])
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    for name, value in zip(METRICS, evaluator.stats):
+        expected = None if value < 0 else value * 100
+        assert result["metrics"][name] == pytest.approx(expected, abs=1e-3), name
+    assert 0 < result["metrics"]["AP"] < 100
+
+
+def test_perfect_detections_score_100_even_with_another_label_order(dataset) -> None:
+    result = evaluate(Scripted(dataset.names, perfect_outputs(dataset)), dataset)
+    assert result["metrics"]["AP"] == pytest.approx(100.0)
+    assert result["metrics"]["AP50"] == pytest.approx(100.0)
+    # A model whose classes are listed in reverse order: labels are mapped to the dataset's ids by name.
+    k = dataset.num_classes
+    reversed_model = Scripted(dataset.names[::-1], perfect_outputs(dataset, lambda label: k + 1 - label))
+    assert evaluate(reversed_model, dataset)["metrics"]["AP"] == pytest.approx(100.0)
+
+
+def test_empty_detections_give_zero_without_crashing(dataset) -> None:
+    empty = [output(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0)) for _ in range(len(dataset))]
+    result = evaluate(Scripted(dataset.names, empty), dataset)
+    assert result["detections"] == [] and result["per_level"] == {}
+    assert result["metrics"]["AP"] == 0.0 and result["metrics"]["AR100"] == 0.0
+    assert all(v in (0.0, None) for v in result["metrics"].values())
+    assert "AP" in format_metrics(result["metrics"]) and "no detections" in format_per_level(result["per_level"])
+
+
+def test_per_level_table_counts_every_detection_once(dataset) -> None:
+    result = evaluate(Scripted(dataset.names, noisy_outputs(dataset, seed=1)), dataset)
+    table = result["per_level"]
+    assert sum(row["total"] for row in table.values()) == len(result["detections"])
+    for row in table.values():
+        assert row["small"] + row["medium"] + row["large"] == row["total"]
+    assert set(table) <= {"P2", "P3", "P4", "P5"}
+    hand = [
+        {"bbox": [0, 0, 10, 10], "level": 2},  # small
+        {"bbox": [0, 0, 40, 40], "level": 2},  # medium
+        {"bbox": [0, 0, 100, 100], "level": 5},  # large
+        {"bbox": [0, 0, 32, 32], "level": 3},  # exactly 32²: medium, as COCO's bucket edges
+    ]
+    assert per_level_table(hand) == {
+        "P2": {"small": 1, "medium": 1, "large": 0, "total": 2},
+        "P3": {"small": 0, "medium": 1, "large": 0, "total": 1},
+        "P5": {"small": 0, "medium": 0, "large": 1, "total": 1},
+    }
+    assert list(per_level_table(hand)) == ["P2", "P3", "P5"]
+
+
+def test_a_model_of_other_classes_is_refused(dataset) -> None:
+    with pytest.raises(ConfigError, match="none of the model's classes"):
+        evaluate(Scripted(["cat", "dog"], []), dataset)
+
+
+def test_images_without_objects_are_fine(tmp_path: Path) -> None:
+    # A ground truth with no objects at all: nothing to find, every metric undefined (None), no crash.
+    path = make_synthetic(tmp_path / "set", num_train=1, num_val=2, image_size=96, min_objects=0, max_objects=0)
+    dataset = load_dataset(path, "val")
+    boxes = torch.tensor([[1.0, 1.0, 20.0, 20.0]])
+    outputs = [output(boxes, torch.ones(1), torch.ones(1)) for _ in range(len(dataset))]
+    result = evaluate(Scripted(dataset.names, outputs), dataset)
+    assert all(v is None for v in result["metrics"].values())
+    assert len(result["detections"]) == 2
