@@ -62,13 +62,17 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return build_run_config(base, config_file=config_file, settings=settings, overrides=list(args.overrides))
 
 
-def default_out(args: argparse.Namespace) -> Path:
-    """``runs/<model>[-<design>]``, or the first free ``...-2``, ``...-3``."""
-    name = (args.model or "tiny-fpn") + (f"-{args.design}" if args.design else "")
-    out, number = Path("runs") / name, 2
+def first_free(folder: Path) -> Path:
+    """``folder`` if it does not exist yet, else the first free ``folder-2``, ``folder-3``, ..."""
+    out, number = folder, 2
     while out.exists():
-        out, number = Path("runs") / f"{name}-{number}", number + 1
+        out, number = folder.with_name(f"{folder.name}-{number}"), number + 1
     return out
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """``runs/<model>[-<design>]``, numbered if it exists."""
+    return first_free(Path("runs") / ((args.model or "tiny-fpn") + (f"-{args.design}" if args.design else "")))
 
 
 def run(args: argparse.Namespace) -> int:

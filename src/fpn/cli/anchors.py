@@ -1,0 +1,57 @@
+"""``fpn anchors --data D``: object sizes of a data set against a model's anchor sizes and RoI levels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from fpn.checkpoints import atomic_write_text
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("anchors", help="do a model's anchors fit a data set's objects?", description=__doc__)
+    p.add_argument("--data", required=True, help="dataset YAML or built-in name (synthetic)")
+    p.add_argument("--split", default="train")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--weights", help="a checkpoint whose config to check")
+    source.add_argument("--model", default="tiny-fpn", help="a preset (default: %(default)s)")
+    p.add_argument("--design", help="pyramid design (changes the levels RoIs are pooled from)")
+    p.add_argument("--out", default="anchors.png", help="histogram picture (default: %(default)s)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. anchors.sizes=[8,16]"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fpn.checkpoints import load_detector
+    from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
+    from fpn.data import load_dataset
+    from fpn.detection import FasterRCNN
+    from fpn.presets import preset
+    from fpn.viz.anchors import fit, fit_figure
+
+    dataset = load_dataset(args.data, args.split, check_files=False)
+    if args.weights:
+        model, _ = load_detector(args.weights, config_overrides=args.overrides)
+        config = model.config
+    else:
+        data = apply_overrides(to_dict(preset(args.model, design=args.design)), list(args.overrides))
+        config = from_dict(ModelConfig, data)
+        config.class_names = list(dataset.names)
+        model = FasterRCNN(config)
+    pool_levels = [lv.index for lv in model.roi_heads.pooler.levels]
+    result = fit(dataset, config, pool_levels)
+    name = args.weights or f"{args.model} ({config.pyramid.design})"
+    figure = fit_figure(result, f"{args.data} [{args.split}] vs {name}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.out, dpi=110)
+    summary = result.summary()
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", Path(args.out).with_suffix(".json"))
+    print(f"{summary['objects']} objects; size percentiles (1/10/50/90/99): {summary['size_percentiles']}")
+    print(f"anchor sizes {summary['anchor_sizes']}; RoI levels {summary['roi_levels']}")
+    for note in result.notes:
+        print(f"- {note}")
+    print(f"picture -> {args.out}")
+    return 0
