@@ -126,19 +126,26 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
 
 
 def _torchvision_key(key: str) -> str | None:
-    """Our name for a torchvision ``fasterrcnn_resnet50_fpn`` key (both its old and new module layouts)."""
+    """Our name for a torchvision ``fasterrcnn_resnet50_fpn`` key (its old and new module layouts), else None.
+
+    Only the plain-conv layouts are accepted: ``inner_blocks.{i}[.0].{leaf}``, ``rpn.head.conv[.0.0].{leaf}``.
+    The v2 model (norms inside these blocks: ``inner_blocks.{i}.1.*``) is a different architecture.
+    """
     parts = key.split(".")
     if key.startswith("backbone.body."):
         return "backbone." + key[len("backbone.body.") :]
     if key.startswith(("backbone.fpn.inner_blocks.", "backbone.fpn.layer_blocks.")):
-        # inner_blocks.{i}[.0].weight -> pyramid.lateral.c{i+2}.weight; layer_blocks -> pyramid.smooth.p{i+2}
-        index, leaf = int(parts[3]), parts[-1]
-        if parts[2] == "inner_blocks":
-            return f"pyramid.lateral.c{index + 2}.{leaf}"
-        return f"pyramid.smooth.p{index + 2}.{leaf}"
+        if len(parts) == 5 or (len(parts) == 6 and parts[4] == "0"):
+            index, leaf = int(parts[3]), parts[-1]
+            if parts[2] == "inner_blocks":
+                return f"pyramid.lateral.c{index + 2}.{leaf}"
+            return f"pyramid.smooth.p{index + 2}.{leaf}"
+        return None
     if key.startswith("rpn.head.conv."):
-        return f"rpn.head.conv.{parts[-1]}"  # conv.0.0.weight (torchvision >= 0.13) or conv.weight
-    if key.startswith(("rpn.head.", "roi_heads.box_head.", "roi_heads.box_predictor.")):
+        if len(parts) == 4 or (len(parts) == 6 and parts[3:5] == ["0", "0"]):
+            return f"rpn.head.conv.{parts[-1]}"
+        return None
+    if key.startswith(("rpn.head.", "roi_heads.box_head.fc", "roi_heads.box_predictor.")):
         return key
     return None
 

@@ -59,8 +59,23 @@ def run(model, images):
     return captured[0], detections
 
 
+def same_proposals(ours, theirs):
+    """The same 1000 boxes, each within 0.01 px of exactly one of theirs.
+
+    Proposals are compared as a set: their scores come within 1e-7 of each other, so the last bit of a
+    convolution (which depends on the thread count) can swap two neighbours in the ranking.
+    """
+    assert ours.shape == theirs.shape
+    distance = torch.cdist(ours.double(), theirs.double(), p=float("inf"))
+    nearest = distance.min(dim=1)
+    assert nearest.values.max() <= 0.01
+    assert nearest.indices.unique().numel() == len(theirs)  # a one-to-one match
+    # Where the order differs, it differs only by neighbours swapping places.
+    assert (nearest.indices - torch.arange(len(theirs))).abs().max() <= 2
+
+
 def compare(expected, proposals, detection):
-    torch.testing.assert_close(proposals, expected["proposals"], rtol=0, atol=0.01)
+    same_proposals(proposals, expected["proposals"])
     assert torch.equal(detection["labels"], expected["labels"])
     torch.testing.assert_close(detection["boxes"], expected["boxes"], rtol=0, atol=0.01)
     torch.testing.assert_close(detection["scores"], expected["scores"], rtol=0, atol=1e-4)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.save_images) if args.save_images else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    records, failed = [], []
+    records, failed, used = [], [], set()
     bar = tqdm(total=len(paths), unit="img", desc="detect", disable=not sys.stderr.isatty())
     for result in detect_files(model, paths, device=device, score_thresh=args.score_thresh):
         bar.update()
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         records.extend(result.records)
         if out_dir:
             drawn = draw_detections(result.image, result.detections, model.config.class_names, colour_by=args.colour_by)
-            drawn.save(out_dir / f"{result.path.stem}.jpg", quality=92)
+            drawn.save(picture_path(out_dir, result.path, used), quality=92)
     bar.close()
     # One detection per line: readable, diffable, and still a single JSON list.
     atomic_write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n", args.output)
@@ -56,3 +56,12 @@ def run(args: argparse.Namespace) -> int:
         + (f"; {len(failed)} skipped" if failed else "")
     )
     return 0 if done else 1
+
+
+def picture_path(out_dir: Path, source: Path, used: set[str]) -> Path:
+    """``out_dir/<stem>.jpg``, or ``<stem>_<ext>.jpg`` / ``<stem>_2.jpg`` when an earlier image took that name."""
+    candidates = [source.stem, f"{source.stem}_{source.suffix.lstrip('.').lower()}"]
+    candidates += [f"{source.stem}_{n}" for n in range(2, len(used) + 3)]
+    name = next(c for c in candidates if c not in used)
+    used.add(name)
+    return out_dir / f"{name}.jpg"

@@ -124,5 +124,3 @@ def parse_boxes(values: Sequence[str]) -> torch.Tensor:
             raise ConfigError(f"--box {value!r}: expected x1,y1,x2,y2 with x2 > x1 and y2 > y1")
         rows.append(row)
     return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
-
-
