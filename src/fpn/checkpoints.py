@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,18 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it (atomic on POSIX)."""
+def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], None]) -> Path:
+    """Write through ``write(handle)`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    The rename is atomic on POSIX: readers see the old file or the new one, never half of one, and an
+    interrupted write leaves the old file as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         _publish(tmp, path)
@@ -107,19 +111,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically (see :func:`_atomic_write`)."""
+    return _atomic_write(path, "wb", lambda handle: torch.save(obj, handle))
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file atomically (JSON results, YAML configs)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _atomic_write(path, "w", lambda handle: handle.write(text))
 
 
 # ------------------------------------------------------------------------------------------ detectors

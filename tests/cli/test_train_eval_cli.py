@@ -13,17 +13,6 @@ from fpn.cli import main
 from fpn.data import make_synthetic
 
 FAST = [
-    "model.backbone.width=8",
-    "model.pyramid.channels=32",
-    "model.roi_heads.representation_size=64",
-    "model.transform.min_size=[96]",
-    "model.transform.max_size=128",
-    "model.rpn.pre_nms_top_n_train=200",
-    "model.rpn.post_nms_top_n_train=100",
-    "model.rpn.pre_nms_top_n_test=100",
-    "model.rpn.post_nms_top_n_test=50",
-    "model.roi_heads.batch_size_per_image=64",
-    "model.roi_heads.detections_per_image=30",
     "workers=0",  # a bare key: train.workers
     "train.batch_size=1",
     "lr=1e-2",  # YAML alone would read 1e-2 as a string
@@ -45,7 +34,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_train_then_resume_then_eval(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--model", "tiny-fpn", "--out", str(run), "--iters", "2", *FAST]) == 0
+    assert main(["train", "--data", str(data), "--model", "micro-fpn", "--out", str(run), "--iters", "2", *FAST]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run)
     for name in ("config.yaml", "log.jsonl", "curves.png", "last.pt", "model.pt", "metrics.json"):
         assert (run / name).is_file(), name

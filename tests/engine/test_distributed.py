@@ -29,14 +29,6 @@ from fpn.presets import preset
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 OVERRIDES = [
-    "model.backbone.width=8",
-    "model.pyramid.channels=32",
-    "model.roi_heads.representation_size=64",
-    "model.transform.min_size=[96]",
-    "model.transform.max_size=128",
-    "model.rpn.pre_nms_top_n_train=200",
-    "model.rpn.post_nms_top_n_train=100",
-    "model.roi_heads.batch_size_per_image=64",
     "train.workers=0",
     "train.warmup_iters=1",
     "train.lr=0.02",
@@ -60,7 +52,7 @@ def test_two_processes_match_one_with_the_same_global_batch(data: Path, tmp_path
     env["OMP_NUM_THREADS"] = "1"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "fpn", "train", "--data", str(data), "--model", "tiny-fpn", "--out", str(ddp_run), "--iters", "3",
+        "-m", "fpn", "train", "--data", str(data), "--model", "micro-fpn", "--out", str(ddp_run), "--iters", "3",
         "--device", "cpu", *OVERRIDES, "train.batch_size=1",
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -71,7 +63,7 @@ def test_two_processes_match_one_with_the_same_global_batch(data: Path, tmp_path
     torch.set_num_threads(1)
     try:
         config = build_run_config(
-            {"model": to_dict(preset("tiny-fpn")), "data": str(data)},
+            {"model": to_dict(preset("micro-fpn")), "data": str(data)},
             overrides=[*OVERRIDES, "train.iters=3", "train.epochs=null", "train.batch_size=2", "train.device=cpu"],
         )
         single = train(config, tmp_path / "single", progress=False)
