@@ -71,7 +71,8 @@ def test_show_cli_writes_pictures_and_counts(weights, image_path, tmp_path, caps
     total = next(line for line in printed.splitlines() if line.startswith("total")).split()
     assert int(total[-1]) == sum(c["detections"] for c in counts.values())
     with Image.open(out / "detections_by_level.png") as drawn:
-        assert drawn.width == 130 and drawn.height > 90  # the image, plus the legend below it
+        # The 130x90 image is enlarged so its shorter side is 480 px (legible labels), plus a legend below.
+        assert drawn.width == round(130 * 480 / 90) and drawn.height > 480
     with Image.open(out / "pyramid_maps.png") as maps:
         assert maps.width > 500
 

@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--iters", type=int, default=DEMO_ITERS, help="training iterations (default: %(default)s)")
     p.add_argument("--design", default="fpn", help="pyramid design to train (default: %(default)s)")
     p.add_argument("--pictures", type=int, default=6, help="val images to draw detections on")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="detections drawn at least this confident")
     p.set_defaults(run=run)
 
 
@@ -53,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
     from fpn.checkpoints import load_detector
     from fpn.data import load_dataset
     from fpn.data.images import open_image, pil_to_tensor
-    from fpn.detect import detect_files
     from fpn.engine.train import train
     from fpn.viz.features import pyramid_figure
     from fpn.viz.show import counts_table, detections_by_level, inspect_image
@@ -65,14 +65,16 @@ def run(args: argparse.Namespace) -> int:
     metrics = json.loads((out / "metrics.json").read_text())
     model, _ = load_detector(model_path)
 
+    # Pictures: confident detections on a few val images, coloured by the level that found them.
+    model.roi_heads.config.score_thresh = args.score_thresh
     val = load_dataset("synthetic", "val")
     pictures = out / "pictures"
     pictures.mkdir(exist_ok=True)
     paths = [val.root / record.file_name for record in val.records[: args.pictures]]
-    for result in detect_files(model, paths, device=model.backbone.conv1.weight.device, score_thresh=0.5):
-        if result.error is None:
-            inspection = inspect_image(model, pil_to_tensor(result.image))
-            detections_by_level(result.image, inspection, model).save(pictures / f"{result.path.stem}_levels.png")
+    for path in paths:
+        image = open_image(path)
+        inspection = inspect_image(model, pil_to_tensor(image))
+        detections_by_level(image, inspection, model).save(pictures / f"{path.stem}_levels.png")
     image = open_image(paths[0])
     inspection = inspect_image(model, pil_to_tensor(image))
     pyramid_figure(image, inspection.bottom_up, inspection.pyramid, inspection.resized).savefig(

@@ -77,9 +77,19 @@ def object_size_range(model: FasterRCNN, index: int) -> str:
     return f"RoIs {lower}-{upper} px"
 
 
-def detections_by_level(image: Image.Image, inspection: Inspection, model: FasterRCNN) -> Image.Image:
-    """Detections coloured by the level that produced them, with a legend: level -> stride -> object size."""
-    drawn = draw_detections(image, inspection.detections, model.config.class_names, colour_by="level")
+def detections_by_level(
+    image: Image.Image, inspection: Inspection, model: FasterRCNN, *, min_side: int = 480
+) -> Image.Image:
+    """Detections coloured by the level that produced them, with a legend: level -> stride -> object size.
+
+    Images whose shorter side is under ``min_side`` are enlarged first, so that labels stay legible.
+    """
+    scale = max(1.0, min_side / min(image.size))
+    detections = dict(inspection.detections)
+    if scale > 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
+        detections["boxes"] = detections["boxes"] * scale
+    drawn = draw_detections(image, detections, model.config.class_names, colour_by="level")
     font = ImageFont.load_default()
     rows = [lv for lv in model.levels if lv.index <= 5 or lv.index in LEVEL_COLOURS]
     line = 14
