@@ -1,0 +1,636 @@
+"""The seed's designs side by side: one detector, the same data, budget, seed and schedule; accuracy and cost.
+
+:func:`compare` trains every requested pyramid design (``model.pyramid.design`` is the only setting that
+differs between the runs), evaluates each on the val split and measures what it costs. ``image-pyramid``
+needs no training of its own: it is the trained ``single-map`` model run at the preset's test scales
+(``pyramid.test_scales``), so it reuses ``runs/single-map`` (trained even if ``single-map`` is not compared).
+
+``DIR`` receives ``results.json``, ``results.md`` (a table with every number also as a ratio to ``fpn``),
+``ap_by_size.png``, ``accuracy_vs_latency.png`` and ``runs/<design>/`` (each a normal training run folder;
+``runs/image-pyramid`` holds the ``single-map`` weights under the image-pyramid config). A run folder that
+already holds a ``model.pt`` of the same run config is not trained again, and one with only a ``last.pt``
+is resumed, so an interrupted comparison continues where it stopped.
+
+What is measured, for every design alike (``torch.set_num_threads(threads)`` throughout):
+
+* accuracy: COCO ``AP``, ``AP50``, ``APs``, ``APm``, ``APl``, ``AR100`` on the val split (0-100), the run's
+  final evaluation (:func:`fpn.engine.evaluate.evaluate`);
+* ``GFLOPs``: ``torch.utils.flop_counter.FlopCounterMode`` over one eval-mode forward pass of the *trained*
+  model on the probe image (the val split's first image, which the model resizes to its test size), counted
+  as ``fpn models`` counts (2 per multiply-add; NMS and indexing count nothing). It counts the trained model
+  on a real image because the RoI head's share depends on how many proposals survive NMS. For
+  ``image-pyramid`` the forward pass runs every test scale, so every scale is counted;
+* ``params``: the trained model's parameters;
+* ``latency_s``: on the CPU, the median wall time of ``latency_runs`` forward passes on the probe image,
+  after ``LATENCY_WARMUP`` untimed ones;
+* ``train_peak_mb`` / ``infer_peak_mb``: the extra resident memory (MiB, 2^20 bytes) that one training step
+  (forward, backward and SGD update of the first ``train.batch_size`` training images at the largest
+  training scale) and one inference pass (the probe image) need, measured in a fresh subprocess that does
+  nothing else: after it has imported torch, loaded the model and data and run one untimed warm-up of that
+  step, the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), the step runs, and the value is
+  the new peak (``VmHWM``) minus the RSS just before the step. The weights, the optimiser's momentum and
+  the interpreter are in the baseline, not in the value. glibc's mmap threshold is fixed at 64 KiB in that
+  process so that freed tensors go back to the system rather than into a heap the step would reuse
+  unseen (without it, tiny-fpn's training step reads 74 MiB instead of 115: the warm-up's freed memory).
+  Linux only: elsewhere both are ``None``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from fpn.checkpoints import atomic_write_text, load_detector, read_state_dict, save_detector
+from fpn.config import DESIGNS, to_dict
+from fpn.data import load_dataset
+from fpn.engine.config import RunConfig, build_run_config
+from fpn.engine.distributed import resolve_device
+from fpn.engine.evaluate import evaluate
+from fpn.engine.train import has_split, train
+from fpn.errors import ConfigError
+from fpn.presets import preset
+
+logger = logging.getLogger(__name__)
+
+#: Every design of the seed, in the order of its figure, then the paper's two ablations.
+DEFAULT_DESIGNS = ("image-pyramid", "single-map", "hierarchy", "fpn", "top-down-only", "finest-only")
+#: Iterations per design by default (batch 2, the demo's cosine schedule, compressed): the whole comparison of
+#: tiny-fpn on the synthetic set must take at most 20 minutes on a 2-core CPU. Measured with one thread on such a
+#: machine under load: a training step costs 0.23 s (single-map) to 0.37 s (fpn), 1.6 s for the five trained
+#: designs together, so 400 iterations train in about 11 minutes; the six evaluations on the 200 val images take
+#: about 2.5 (image-pyramid runs three scales), the measurements about 1.5.
+DEFAULT_ITERS = 400
+REFERENCE = "fpn"  # results.md gives every number also as a ratio to this design's
+METRICS = ("AP", "AP50", "APs", "APm", "APl", "AR100")
+COSTS = ("GFLOPs", "params", "latency_s", "train_peak_mb", "infer_peak_mb")
+LATENCY_RUNS = 10
+LATENCY_WARMUP = 2
+# Train settings that do not change what a run computes: a finished run may differ in these and still count.
+_BOOKKEEPING = ("eval_every", "checkpoint_every", "log_every", "workers", "device")
+
+
+# ------------------------------------------------------------------------------------------- configs
+
+
+def compare_config(
+    *,
+    data: str = "synthetic",
+    model_preset: str = "tiny-fpn",
+    iters: int | None = None,
+    minutes: float | None = None,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """The run config every design shares: the preset, the demo's train settings, the budget, then overrides.
+
+    Without ``iters`` and ``minutes`` the budget is :data:`DEFAULT_ITERS` iterations. ``minutes`` alone makes
+    the schedule follow the clock, so cheaper designs get more iterations (and runs do not repeat exactly).
+    """
+    from fpn.cli.demo import DEMO_TRAIN  # the demo's settings, calibrated for tiny-fpn on the synthetic set
+
+    for item in overrides:
+        if item.partition("=")[0].strip() in ("model.pyramid.design", "design"):
+            raise ConfigError(f"override {item!r}: the design is what compare varies; list designs instead")
+    if iters is None and minutes is None:
+        iters = DEFAULT_ITERS
+    train_settings = {**DEMO_TRAIN, "iters": iters, "epochs": None, "minutes": minutes, "seed": seed}
+    base = {"model": to_dict(preset(model_preset)), "train": train_settings, "data": data}
+    config = build_run_config(base, overrides=list(overrides))
+    config.validate()
+    return config
+
+
+def check_designs(designs: Sequence[str]) -> list[str]:
+    """The designs as a list, each known and listed once."""
+    designs = list(designs)
+    if not designs:
+        raise ConfigError("designs: none given")
+    for design in designs:
+        if design not in DESIGNS:
+            raise ConfigError(f"unknown design {design!r}; available: {', '.join(DESIGNS)}")
+    if len(set(designs)) != len(designs):
+        raise ConfigError(f"designs: listed more than once: {', '.join(designs)}")
+    return designs
+
+
+def design_config(shared: RunConfig, design: str) -> RunConfig:
+    """A copy of the shared config with ``design``."""
+    config = RunConfig.from_dict(shared.to_dict())
+    config.model.pyramid.design = design
+    return config
+
+
+def trained_design(design: str) -> str:
+    """The design whose training run a design's weights come from (image-pyramid: single-map's)."""
+    return "single-map" if design == "image-pyramid" else design
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_run(run_dir: Path, expected: RunConfig) -> None:
+    """Refuse to reuse a run folder trained with another config (class names and bookkeeping aside)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: holds a checkpoint but no config.yaml; not a run of this comparison")
+    saved, wanted = _flat(RunConfig.load(path).to_dict()), _flat(expected.to_dict())
+    ignored = {"model.class_names", "model.category_ids", *(f"train.{k}" for k in _BOOKKEEPING)}
+    differences = [
+        f"{key} {saved.get(key)!r} (wanted {wanted.get(key)!r})"
+        for key in sorted(set(saved) | set(wanted))
+        if key not in ignored and saved.get(key) != wanted.get(key)
+    ]
+    if differences:
+        raise ConfigError(
+            f"{run_dir}: trained with another run config ({'; '.join(differences[:3])}); use another output folder"
+        )
+
+
+def ensure_trained(config: RunConfig, run_dir: Path, *, progress: bool) -> Path:
+    """``run_dir/model.pt``, training (or resuming) the run first unless it is already finished."""
+    model_path = run_dir / "model.pt"
+    if model_path.is_file():
+        check_same_run(run_dir, config)
+        return model_path
+    resume = (run_dir / "last.pt").is_file()
+    if resume:
+        check_same_run(run_dir, config)
+    return train(config, run_dir, resume=resume, progress=progress)
+
+
+def derive_image_pyramid(source_dir: Path, run_dir: Path, config: RunConfig, *, progress: bool) -> Path:
+    """``run_dir/model.pt``: the single-map weights of ``source_dir`` as an image-pyramid detector, evaluated.
+
+    The two designs build the same modules, so the weights load unchanged; only inference differs.
+    """
+    model_path = run_dir / "model.pt"
+    if model_path.is_file() and (run_dir / "metrics.json").is_file():
+        check_same_run(run_dir, config)
+        return model_path
+    model, checkpoint = load_detector(source_dir / "model.pt", config_overrides=["pyramid.design=image-pyramid"])
+    device = resolve_device(config.train.device)
+    val = load_dataset(config.data, "val")
+    result = evaluate(model.to(device), val, batch_size=config.train.batch_size, device=device, progress=progress)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_config = design_config(RunConfig.from_dict(checkpoint["run_config"]), "image-pyramid")
+    atomic_write_text(run_config.to_yaml(), run_dir / "config.yaml")
+    payload = {
+        "iteration": checkpoint.get("iteration"),
+        **{k: result[k] for k in ("metrics", "per_level", "images")},
+        "weights_from": str(source_dir / "model.pt"),
+    }
+    atomic_write_text(json.dumps(payload, indent=2) + "\n", run_dir / "metrics.json")
+    # model.pt last: its presence marks the folder as finished.
+    extra = {"run_config": run_config.to_dict(), "iteration": checkpoint.get("iteration"), "metrics": result["metrics"]}
+    return save_detector(model.cpu(), model_path, **extra, weights_from=str(source_dir / "model.pt"))
+
+
+def run_metrics(run_dir: Path, config: RunConfig, *, progress: bool) -> dict[str, float | None]:
+    """The run's final val metrics: its ``metrics.json``, or a fresh evaluation when that is missing."""
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        return json.loads(path.read_text())["metrics"]
+    model, _ = load_detector(run_dir / "model.pt")
+    device = resolve_device(config.train.device)
+    val = load_dataset(config.data, "val")
+    batch = config.train.batch_size
+    return evaluate(model.to(device), val, batch_size=batch, device=device, progress=progress)["metrics"]
+
+
+def training_seconds(run_dir: Path) -> float | None:
+    """Wall time the run trained for, over all its resumed parts (from ``last.pt``)."""
+    path = run_dir / "last.pt"
+    return round(float(read_state_dict(path).get("elapsed", 0.0)), 2) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------- costs
+
+
+def count_gflops(model: nn.Module, image: torch.Tensor) -> float:
+    """GFLOPs of one eval-mode forward pass of ``model`` on ``image``, counted as ``fpn models`` counts."""
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model([image])
+    model.train(was_training)
+    return counter.get_total_flops() / 1e9
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, image: torch.Tensor, *, runs: int = LATENCY_RUNS, warmup: int = LATENCY_WARMUP
+) -> float:
+    """Median seconds of ``runs`` eval-mode forward passes on ``image`` (CPU), after ``warmup`` untimed ones."""
+    model.eval()
+    for _ in range(warmup):  # the first passes pay one-time costs (allocations, kernel selection)
+        model([image])
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model([image])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_memory(model_path: Path, config: RunConfig, *, threads: int) -> dict[str, float | None]:
+    """``train_peak_mb`` and ``infer_peak_mb`` of the checkpoint, from a fresh subprocess (module docstring)."""
+    none = {"train_peak_mb": None, "infer_peak_mb": None}
+    if not Path("/proc/self/clear_refs").exists():
+        logger.warning("peak memory is measured on Linux only (/proc/self/clear_refs); left out")
+        return none
+    spec = {"model": str(model_path), "run_config": config.to_dict(), "threads": threads}
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
+        "OMP_NUM_THREADS": str(threads),
+        "MALLOC_MMAP_THRESHOLD_": str(64 * 1024),  # freed tensors are unmapped, not kept for reuse
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "probe.json"
+        spec_path.write_text(json.dumps(spec))
+        code = "import sys; from fpn.compare import _probe_main; _probe_main(sys.argv[1])"
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True, check=False
+        )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
+        logger.warning("%s: memory probe failed (%s); peak memory left out", model_path, tail[0])
+        return none
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1))
+
+
+def _peak_mib(step: Callable[[], object]) -> float:
+    """Peak RSS while ``step`` runs, minus the RSS just before it (MiB)."""
+    gc.collect()
+    before = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    step()
+    return round((_status_kib("VmHWM") - before) / 1024, 2)
+
+
+def _probe_main(spec_path: str) -> None:
+    """The memory probe's subprocess: measure one inference pass, then one training step; print JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(int(spec["threads"]))
+    config = RunConfig.from_dict(spec["run_config"])
+    cfg = config.train
+    model, _ = load_detector(spec["model"])
+    image = load_dataset(config.data, "val")[0][0]
+    train_set = load_dataset(config.data, "train")
+    items = [train_set[i] for i in range(min(cfg.batch_size, len(train_set)))]
+    images, targets = [item[0] for item in items], [item[1] for item in items]
+
+    def infer() -> object:
+        with torch.no_grad():
+            return model([image])
+
+    model.eval()
+    infer()
+    infer_peak = _peak_mib(infer)
+
+    model.train()
+    model.transform.generator = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    micro = cfg.micro_batch or len(images)
+    largest = max(config.model.transform.min_size)  # the worst case of multi-scale training
+
+    def train_step() -> None:
+        torch.manual_seed(cfg.seed)  # the same anchor and RoI samples for every design
+        for start in range(0, len(images), micro):
+            chunk = range(start, min(start + micro, len(images)))
+            losses = model([images[i] for i in chunk], [targets[i] for i in chunk], shorter=largest)
+            (sum(losses.values()) * len(chunk) / len(images)).backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # gradients belong to the step, not to the baseline
+
+    train_step()  # also creates the momentum buffers, which then count as baseline
+    train_peak = _peak_mib(train_step)
+    print(json.dumps({"train_peak_mb": train_peak, "infer_peak_mb": infer_peak}))
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """The CPU, its cores, the torch version and the thread count the numbers were measured with."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
+        cpu = match.group(1).strip() if match else cpu
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_available": available,
+        "threads": threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# ---------------------------------------------------------------------------------------- the comparison
+
+
+def compare(
+    designs: Sequence[str] = DEFAULT_DESIGNS,
+    *,
+    out_dir: str | Path,
+    data: str = "synthetic",
+    model_preset: str = "tiny-fpn",
+    iters: int | None = None,
+    minutes: float | None = None,
+    seed: int = 0,
+    threads: int | None = None,
+    overrides: Sequence[str] = (),
+    latency_runs: int = LATENCY_RUNS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train, evaluate and measure every design in ``designs`` under one run config; write ``out_dir``'s files.
+
+    The budget is ``iters`` iterations per design (default :data:`DEFAULT_ITERS`) or ``minutes``;
+    ``overrides`` are ``key=value`` changes to the shared run config (anything but the design). ``threads``
+    (default: torch's current count) is used for training and for every measurement. Returns the content of
+    ``results.json``: ``{"designs": {name: {AP, AP50, APs, APm, APl, AR100, GFLOPs, params, latency_s,
+    train_peak_mb, infer_peak_mb, iterations, train_s, run}}, "config": {designs, data, budget, seed, run (the
+    shared run config), ...}, "machine": {cpu, cores, threads, torch, ...}, "elapsed_s": wall time}``.
+    ``train_s`` is the training wall time of the run the weights come from (single-map's for image-pyramid).
+    """
+    designs = check_designs(designs)
+    shared = compare_config(
+        data=data, model_preset=model_preset, iters=iters, minutes=minutes, seed=seed, overrides=overrides
+    )
+    if not has_split(shared.data, "val"):
+        raise ConfigError(f"{shared.data}: no val split; compare evaluates every design on it")
+    if latency_runs < 1:
+        raise ConfigError(f"latency_runs must be at least 1, got {latency_runs}")
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    out = Path(out_dir)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _compare(designs, shared, out, threads=threads, latency_runs=latency_runs, progress=progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _compare(
+    designs: list[str], shared: RunConfig, out: Path, *, threads: int, latency_runs: int, progress: bool
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    val = load_dataset(shared.data, "val")  # the built-in set is generated here the first time
+    probe_image = val[0][0]
+    run_settings = shared.to_dict()
+    run_settings["model"]["pyramid"].pop("design")  # the one setting that differs between the runs
+    run_settings["model"].update(class_names=list(val.names), category_ids=list(val.category_ids))  # as trained
+    results: dict[str, Any] = {
+        "designs": {},
+        "config": {
+            "designs": designs,
+            "data": shared.data,
+            "budget": {"iters": shared.train.iters, "minutes": shared.train.minutes},
+            "seed": shared.train.seed,
+            "reference": REFERENCE,
+            "probe_image": val.records[0].file_name,
+            "latency_runs": latency_runs,
+            "latency_warmup": LATENCY_WARMUP,
+            "run": run_settings,
+        },
+        "machine": machine_info(threads),
+    }
+    bar = tqdm(designs, desc="compare", unit="design", dynamic_ncols=True, disable=not progress, file=sys.stderr)
+    try:
+        for design in bar:
+            row = run_design(
+                design, shared, out, probe_image, threads=threads, latency_runs=latency_runs, progress=progress,
+                status=lambda text, design=design: bar.set_postfix_str(f"{design}: {text}"),
+            )  # fmt: skip
+            results["designs"][design] = row
+            results["elapsed_s"] = round(time.perf_counter() - started, 1)  # this call's wall time, so far
+            atomic_write_text(json.dumps(results, indent=2) + "\n", out / "results.json")  # partial results survive
+            line = f"{design}: {summarize(row)}"
+            if progress:
+                tqdm.write(line, file=sys.stderr)
+            else:
+                logger.info(line)
+    finally:
+        bar.close()
+    atomic_write_text(results_markdown(results), out / "results.md")
+    plot_ap_by_size(results, out / "ap_by_size.png")
+    plot_accuracy_vs_latency(results, out / "accuracy_vs_latency.png")
+    return results
+
+
+def run_design(
+    design: str,
+    shared: RunConfig,
+    out: Path,
+    probe_image: torch.Tensor,
+    *,
+    threads: int,
+    latency_runs: int,
+    progress: bool,
+    status: Callable[[str], object] = lambda text: None,
+) -> dict[str, Any]:
+    """One design's row of the results: train (or reuse) its run under ``out/runs``, evaluate, measure."""
+    run_dir, source_dir = out / "runs" / design, out / "runs" / trained_design(design)
+    config = design_config(shared, design)
+    status(f"training {trained_design(design)}")
+    ensure_trained(design_config(shared, trained_design(design)), source_dir, progress=progress)
+    if design == "image-pyramid":
+        status(f"evaluating at {len(config.model.pyramid.test_scales)} scales")
+        derive_image_pyramid(source_dir, run_dir, config, progress=progress)
+    status("evaluating")
+    metrics = run_metrics(run_dir, config, progress=progress)
+    status("measuring")
+    row: dict[str, Any] = {key: metrics.get(key) for key in METRICS}
+    row.update(_measure(run_dir / "model.pt", config, probe_image, threads=threads, latency_runs=latency_runs))
+    row["iterations"] = read_state_dict(run_dir / "model.pt").get("iteration")
+    row["train_s"] = training_seconds(source_dir)
+    row["run"] = str(run_dir)
+    return row
+
+
+def _measure(
+    model_path: Path, config: RunConfig, image: torch.Tensor, *, threads: int, latency_runs: int
+) -> dict[str, Any]:
+    model, _ = load_detector(model_path)  # on the CPU, in eval mode
+    return {
+        "GFLOPs": count_gflops(model, image),
+        "params": sum(p.numel() for p in model.parameters()),
+        "latency_s": round(measure_latency(model, image, runs=latency_runs), 5),
+        **measure_memory(model_path, config, threads=threads),
+    }
+
+
+def summarize(row: dict[str, Any]) -> str:
+    """One line: AP, cost and latency of a design's results."""
+    ap = "n/a" if row.get("AP") is None else f"{row['AP']:.1f}"
+    return f"AP {ap}, {row['GFLOPs']:.3g} GFLOPs, {row['params'] / 1e6:.2f}M params, {1e3 * row['latency_s']:.0f} ms"
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+# results.md's columns: (header, results key, scale applied to the value for display, whether it is an AP).
+COLUMNS = (
+    *((name, name, 1.0, True) for name in METRICS),
+    ("GFLOPs", "GFLOPs", 1.0, False),
+    ("params (M)", "params", 1e-6, False),
+    ("latency (ms)", "latency_s", 1e3, False),
+    ("train peak (MiB)", "train_peak_mb", 1.0, False),
+    ("infer peak (MiB)", "infer_peak_mb", 1.0, False),
+)
+
+
+def format_number(value: float, *, fixed: bool = False) -> str:
+    """AP-like numbers with one decimal; others with about three significant digits, never in e-notation."""
+    if fixed:
+        return f"{value:.1f}"
+    size = abs(value)
+    if size >= 100 or value == 0:
+        return f"{value:.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def format_cell(value: float | None, reference: float | None, *, scale: float = 1.0, fixed: bool = False) -> str:
+    """``"12.3 (0.85x)"``: the value and its ratio to the reference's; ``-`` where there is no value."""
+    if value is None:
+        return "-"
+    text = format_number(value * scale, fixed=fixed)
+    if reference:  # no ratio to a missing or zero reference
+        text += f" ({value / reference:.2f}x)"
+    return text
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """``results.md``: what was run, on what, and the table."""
+    config, machine, rows = results["config"], results["machine"], results["designs"]
+    run = config["run"]
+    reference = rows.get(config["reference"])
+    budget = config["budget"]
+    spent = " and ".join(
+        text
+        for text in (
+            f"{budget['iters']} iterations" if budget["iters"] else "",
+            f"{budget['minutes']} minutes" if budget["minutes"] else "",
+        )
+        if text
+    )
+    lines = [
+        "# Pyramid designs compared",
+        "",
+        f"One detector (backbone R{run['model']['backbone']['depth']} width {run['model']['backbone']['width']}, "
+        f"d = {run['model']['pyramid']['channels']}) per design, trained on `{config['data']}` for {spent} of "
+        f"{run['train']['batch_size']} images ({run['train']['schedule']} schedule, lr {run['train']['lr']}, "
+        f"seed {config['seed']}); COCO metrics on the val split. Costs on {machine['cpu']} with "
+        f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}, torch {machine['torch']}, for one "
+        f"image (`{config['probe_image']}`).",
+        "",
+    ]
+    if reference is not None:
+        lines += [f"In parentheses: the ratio to `{config['reference']}`.", ""]
+    header = ["design", *(column[0] for column in COLUMNS)]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for design, row in rows.items():
+        cells = [
+            format_cell(row.get(key), None if reference is None else reference.get(key), scale=scale, fixed=fixed)
+            for _, key, scale, fixed in COLUMNS
+        ]
+        lines.append(f"| `{design}` | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "- GFLOPs: one forward pass in eval mode (FlopCounterMode, 2 per multiply-add), every test scale for "
+        "`image-pyramid`.",
+        f"- latency: median of {config['latency_runs']} CPU forward passes after {config['latency_warmup']} "
+        "untimed ones.",
+        "- peak memory: resident memory one step adds to a process holding the model (fresh subprocess); "
+        "train = forward, backward and update of one batch at the largest training scale.",
+        "- `image-pyramid` is the `single-map` model run at the test scales "
+        f"{run['model']['pyramid']['test_scales']}: it trains as `single-map` does.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _figure(size: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_ap_by_size(results: dict[str, Any], path: Path) -> None:
+    """Grouped bars: APs, APm and APl of every design."""
+    rows = results["designs"]
+    figure = _figure((max(6.0, 1.3 * len(rows) + 2), 4.0))
+    ax = figure.subplots()
+    width = 0.8 / 3
+    for i, key in enumerate(("APs", "APm", "APl")):
+        values = [float("nan") if row.get(key) is None else row[key] for row in rows.values()]
+        ax.bar([x + (i - 1) * width for x in range(len(rows))], values, width, label=key)
+    ax.set_xticks(range(len(rows)), list(rows), rotation=20)
+    ax.set(ylabel="val AP (0-100)", title="AP by object size")
+    ax.legend()
+    figure.savefig(path, dpi=100)
+
+
+def plot_accuracy_vs_latency(results: dict[str, Any], path: Path) -> None:
+    """AP against CPU latency, one labelled point per design."""
+    rows = results["designs"]
+    figure = _figure((6.5, 4.5))
+    ax = figure.subplots()
+    for design, row in rows.items():
+        latency, ap = 1e3 * row["latency_s"], row.get("AP") or 0.0
+        ax.scatter([latency], [ap], s=60, marker="*" if design == REFERENCE else "o")
+        ax.annotate(design, (latency, ap), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    machine = results["machine"]
+    threads = f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}"
+    ax.set(xlabel=f"CPU latency per image (ms, {threads})", ylabel="val AP (0-100)")
+    ax.set_title("accuracy vs latency")
+    ax.margins(0.2)
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,63 @@
+"""``fpn compare`` end to end on a tiny budget, and its one-line errors (exit status 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fpn.cli import main
+from fpn.data import make_synthetic
+
+TINY = [
+    "model.backbone.width=8",
+    "model.pyramid.channels=16",
+    "model.roi_heads.representation_size=32",
+    "model.transform.min_size=[96]",
+    "model.transform.max_size=128",
+    "model.pyramid.test_scales=[64,128]",
+    "model.rpn.pre_nms_top_n_test=100",
+    "model.rpn.post_nms_top_n_test=50",
+    "workers=0",  # a bare key: train.workers
+    "warmup_iters=1",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic(tmp_path_factory.mktemp("compare_cli") / "set", num_train=4, num_val=2, image_size=96)
+
+
+def test_compare_writes_the_table_and_files(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", str(data), "--designs", "image-pyramid", "--iters", "1", "--threads", "1"]
+    assert main([*argv, "--latency-runs", "1", "--seed", "3", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "| `image-pyramid` |" in printed and printed.strip().endswith("*.png, runs/)")
+    assert "x)" not in printed  # fpn was not compared: no ratios
+    for name in ("results.json", "results.md", "ap_by_size.png", "accuracy_vs_latency.png"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["designs"]) == ["image-pyramid"] and results["config"]["seed"] == 3
+    assert results["config"]["run"]["model"]["pyramid"]["test_scales"] == [64, 128]
+    assert (out / "runs" / "single-map" / "model.pt").is_file()  # trained for the image pyramid
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--designs", "fpn,pyramid"], "'pyramid'"),
+        (["--designs", "fpn", "model.pyramid.design=hierarchy"], "model.pyramid.design"),
+        (["--designs", "fpn", "train.lrr=0.1"], "train.lrr"),
+        (["--designs", "fpn", "--model", "huge-fpn"], "huge-fpn"),
+        (["--designs", "fpn", "--iters", "0"], "train.iters"),
+    ],
+)
+def test_bad_requests_exit_2_naming_the_problem(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], named: str
+) -> None:
+    assert main(["compare", "--data", str(data), "--out", str(tmp_path / "cmp"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fpn: error:") and named in err
+    assert not (tmp_path / "cmp").exists()
