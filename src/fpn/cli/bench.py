@@ -1,0 +1,128 @@
+"""``fpn bench``: how fast a detector runs here, per stage, against the machine's peak, and its peak memory.
+
+After --warmup untimed iterations, --runs timed ones: an iteration is one forward pass over --batch images
+(--mode infer) or one training step (forward, backward, SGD step with synthetic targets; --mode train). The
+network sees exactly --size pixels (its resize is set to keep that size). Prints a summary and writes
+--output (JSON):
+
+  median_s, min_s, max_s, q25_s, q75_s, iqr_s, times_s   one iteration, end to end (seconds)
+  s_per_image, images_per_s                               batch / median_s
+  stages {name: median_s}                                 transform, backbone, pyramid, rpn, roi_heads, then
+                                                          postprocess (infer) or backward, optimizer (train)
+  gflops, gflops_per_s                                    FlopCounterMode count of one iteration, / median_s
+  peak_gflops_per_s, peak_kernel, peak_kernels            best of a GEMM and 3x3 convolutions, same threads
+  fraction_of_peak                                        gflops_per_s / peak_gflops_per_s
+  peak_mb, peak_mb_method                                 memory one iteration adds (RSS high-water mark in
+                                                          a fresh process on the CPU; CUDA allocator on GPU)
+  size, batch, threads, precision, mode, device, model, design, params, machine, date, command
+  scaling (with --scaling)                                time against image size (time per megapixel and a
+                                                          linear fit) and against rpn.post_nms_top_n
+
+Timings depend on what else the machine does: compare them only within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+
+from fpn.bench import MODES, PRECISIONS, BenchOptions, parse_size, run_bench
+from fpn.checkpoints import atomic_write_text
+from fpn.config import DESIGNS
+from fpn.presets import PRESETS
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="time a detector: per stage, GFLOP/s against the peak, memory",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default="r50-fpn", help=f"preset: {', '.join(PRESETS)} (default: %(default)s)")
+    which.add_argument("--weights", help="checkpoint to time instead: RUN/model.pt or torchvision's fasterrcnn .pth")
+    p.add_argument("--design", choices=DESIGNS, help="pyramid design for the preset (default: the preset's)")
+    p.add_argument("--size", help="HEIGHTxWIDTH the network sees, e.g. 800x1216 (default: the model's test size)")
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's current setting)")
+    p.add_argument("--mode", choices=MODES, default="infer", help="forward pass or training step (default: infer)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (default: fp32)")
+    p.add_argument("--batch", type=int, help="images per iteration (default: 1 for infer, 2 for train)")
+    p.add_argument("--runs", type=int, default=5, help="timed iterations (default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: %(default)s)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
+    p.add_argument("--scaling", action="store_true", help="also time 3 smaller sizes and 100/300/1000 proposals")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess)")
+    p.add_argument("--peak-gflops", type=float, metavar="RATE", help="use this peak GFLOP/s instead of measuring it")
+    p.add_argument("--output", default="bench.json", help="JSON record (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(
+        model=args.model,
+        weights=args.weights,
+        design=args.design,
+        size=parse_size(args.size) if args.size else None,
+        threads=args.threads,
+        mode=args.mode,
+        precision=args.precision,
+        batch=args.batch,
+        runs=args.runs,
+        warmup=args.warmup,
+        device=args.device,
+        scaling=args.scaling,
+        memory=not args.no_memory,
+        peak_gflops=args.peak_gflops,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    result = run_bench(options)
+    result["command"] = command_line(args)
+    atomic_write_text(json.dumps(result, indent=2) + "\n", args.output)
+    print(report(result))
+    print(f"-> {args.output}")
+    return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """An ``fpn bench`` command that repeats this measurement (every option spelled out)."""
+    words = ["fpn", "bench", "--weights", args.weights] if args.weights else ["fpn", "bench", "--model", args.model]
+    for name in ("design", "size", "threads", "mode", "precision", "batch", "runs", "warmup", "device", "peak_gflops"):
+        value = getattr(args, name)
+        if value is not None:
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    words += ["--scaling"] if args.scaling else []
+    words += ["--no-memory"] if args.no_memory else []
+    return shlex.join([*words, "--output", args.output])
+
+
+def report(result: dict) -> str:
+    """The record as a few readable lines."""
+    machine = result["machine"]
+    lines = [
+        f"{result['model']} ({result['design']}), {result['mode']} {result['precision']}, "
+        f"{result['batch']} image(s) of {result['size']}, {result['threads']} thread(s) on {result['device']} "
+        f"({machine.get('gpu', machine['cpu'])})",
+        f"  iteration  median {result['median_s']:.4f} s (min {result['min_s']:.4f}, max {result['max_s']:.4f}, "
+        f"IQR {result['iqr_s']:.4f}, {result['runs']} runs)   {result['images_per_s']:.2f} images/s",
+        "  stages     " + "  ".join(f"{name} {seconds:.4f}" for name, seconds in result["stages"].items()),
+        f"  compute    {result['gflops']:.2f} GFLOPs, {result['gflops_per_s']:.1f} GFLOP/s = "
+        f"{100 * result['fraction_of_peak']:.0f}% of the peak {result['peak_gflops_per_s']:.1f} GFLOP/s "
+        f"({result['peak_kernel']})",
+    ]
+    if result["peak_mb"] is not None:
+        lines.append(f"  memory     +{result['peak_mb']:.0f} MB in one iteration ({result['peak_mb_method']})")
+    scaling = result.get("scaling")
+    if scaling:
+        sizes = ", ".join(f"{p['size']} {p['s_per_megapixel']:.3f}" for p in scaling["sizes"])
+        fit = scaling["size_fit"]
+        lines.append(
+            f"  size       s/megapixel: {sizes}; fit {fit['fixed_s']:.3f} s + {fit['s_per_megapixel']:.3f} s/MP"
+        )
+        props = ", ".join(f"{p['post_nms_top_n']} {p['median_s']:.4f} s" for p in scaling["proposals"])
+        lines.append(f"  proposals  {scaling['proposals_key']}: {props}")
+    return "\n".join(lines)
