@@ -284,3 +284,15 @@ def test_single_map_runs_once_in_eval():
     finally:
         hook.remove()
     assert len(calls) == 1
+
+
+def test_bf16_autocast_keeps_boxes_and_scores_in_fp32():
+    torch.manual_seed(0)
+    config = preset("micro-fpn")
+    config.class_names = ["a", "b"]
+    config.roi_heads.score_thresh = 0.0
+    model = FasterRCNN(config).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model([torch.rand(3, 100, 140)])[0]
+    assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
+    assert len(out["boxes"]) > 0

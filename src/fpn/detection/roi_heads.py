@@ -148,8 +148,10 @@ class RoIHeads(nn.Module):
         cfg = self.config
         num_classes = class_logits.shape[-1]
         counts = [len(p) for p in proposals]
-        boxes_all = self.box_coder.decode(box_deltas, torch.cat(proposals)).split(counts)
-        scores_all = F.softmax(class_logits, -1).split(counts)
+        # Decode and score in fp32 even under bf16 autocast: bf16 has 8 bits of mantissa, i.e. a box edge
+        # near x = 1000 could only land on multiples of 4-8 px.
+        boxes_all = self.box_coder.decode(box_deltas.float(), torch.cat(proposals).float()).split(counts)
+        scores_all = F.softmax(class_logits.float(), -1).split(counts)
         results = []
         for boxes, scores, levels, size in zip(boxes_all, scores_all, roi_levels.split(counts), image_sizes):
             boxes = clip_boxes_to_image(boxes, size)

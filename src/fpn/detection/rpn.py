@@ -91,8 +91,9 @@ class RegionProposalNetwork(nn.Module):
             lg, dl = self.head(features[name])
             logits.append(flatten_level(lg, 1))
             deltas.append(flatten_level(dl, 4))
-        objectness = torch.cat(logits, dim=1).squeeze(-1)  # [N, total]
-        pred_deltas = torch.cat(deltas, dim=1)  # [N, total, 4]
+        # fp32 from here on, also under bf16 autocast: proposal boxes need more than bf16's 8-bit mantissa.
+        objectness = torch.cat(logits, dim=1).squeeze(-1).float()  # [N, total]
+        pred_deltas = torch.cat(deltas, dim=1).float()  # [N, total, 4]
         feature_sizes = {name: features[name].shape[-2:] for name in names}
         anchors, per_level = self.anchor_generator(padded_size, feature_sizes, device=objectness.device)
         num_images = objectness.shape[0]
