@@ -30,8 +30,9 @@ def add_parser(subparsers) -> None:
 
 # Calibrated so that the whole demo takes about 5 minutes on a 2-core CPU (see README for the measured AP).
 # Tried on this machine (val AP): 600 iterations with multi-scale jitter 6.2; with lr 0.01 / 0.04 instead of
-# 0.02, 2.3 / 5.7; batch 4 for 500 iterations 5.7; 800 iterations at one 320 px scale 7.5 (this setting).
-DEMO_ITERS = 800
+# 0.02, 2.3 / 5.7; batch 4 for 500 iterations 5.7; 800 iterations at one 320 px scale 7.5 (8.4 on a quiet
+# machine, 3 min for the whole demo); this setting runs 1200 such iterations.
+DEMO_ITERS = 1200
 DEMO_SCALE = 320
 DEMO_TRAIN = {
     "batch_size": 2,
