@@ -52,10 +52,11 @@ sys.path.insert(0, str(REPO / "tools" / "reference"))
 from deterministic_weights import deterministic_state_dict, state_dict_shapes  # noqa: E402
 from make_detector_goldens import draw_image  # noqa: E402
 
-from fpn.bench import fit_input, format_size, machine_info, parse_size, spread, synthetic_targets  # noqa: E402
+from fpn.bench import fit_input, format_size, parse_size, spread, synthetic_targets  # noqa: E402
 from fpn.checkpoints import load_detector  # noqa: E402
 from fpn.data.images import pil_to_tensor  # noqa: E402
 from fpn.detection import FasterRCNN as OurFasterRCNN  # noqa: E402
+from fpn.measure import machine_info  # noqa: E402
 from fpn.presets import preset  # noqa: E402
 
 BOX_TOLERANCE_PX = 0.01

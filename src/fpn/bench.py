@@ -38,12 +38,10 @@ Timings depend on everything else the machine is doing: compare numbers within o
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -56,9 +54,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from fpn.errors import ConfigError
+from fpn.measure import count_gflops, eval_size, machine_info, rss_peak_delta_mb
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +152,6 @@ def build_model(options: BenchOptions) -> tuple[torch.nn.Module, str]:
 
 def default_size(model: torch.nn.Module) -> tuple[int, int]:
     """The model's test size: shorter side ``min_size[-1]``, 4:3 landscape, longer side capped."""
-    from fpn.cli.models import eval_size  # one definition of "the preset's test size", shared with `fpn models`
 
     return eval_size(model.config)
 
@@ -385,14 +382,6 @@ def time_runs(step: Callable[[], None], timer: StageTimer, *, runs: int, warmup:
     return timings
 
 
-def count_gflops(step: Callable[[], None]) -> float:
-    """GFLOPs of one call of ``step`` counted by ``FlopCounterMode`` (2 per multiply-add, backward included)."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops() / 1e9
-
-
 # --------------------------------------------------------------------------------------------- peak rate
 
 
@@ -448,38 +437,6 @@ def measure_peak(
 # ------------------------------------------------------------------------------------------------- memory
 
 
-def _rss_kb(field_name: str) -> int | None:
-    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``), or None where there is no procfs."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def measure_rss_delta(step: Callable[[], None]) -> tuple[float | None, str]:
-    """MB by which one call of ``step`` raises this process's resident-set high-water mark, and how it was read."""
-    gc.collect()
-    before = _rss_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: reset VmHWM to the current RSS
-        reset = True
-    except OSError:
-        reset = False
-    step()
-    if before is not None and reset:
-        peak = _rss_kb("VmHWM")
-        if peak is not None:
-            return max(0, peak - before) / 1024, "rss_hwm_delta"
-    import resource  # POSIX only; ru_maxrss is the process's lifetime peak, which can predate the step
-
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
-    maxrss_kb = maxrss / 1024 if sys.platform == "darwin" else maxrss
-    return (max(0.0, maxrss_kb - (before or 0)) / 1024, "ru_maxrss_delta") if before is not None else (None, "none")
-
-
 @dataclass
 class Prepared:
     """A model with its inputs and iteration function, ready to time."""
@@ -520,7 +477,7 @@ def _memory_probe(options_json: str) -> None:
     if options.threads:
         torch.set_num_threads(options.threads)
     prepared = prepare(options, torch.device("cpu"))
-    peak_mb, method = measure_rss_delta(prepared.step)
+    peak_mb, method = rss_peak_delta_mb(prepared.step)
     print(json.dumps({"peak_mb": peak_mb, "method": method}))
 
 
@@ -555,35 +512,6 @@ def peak_memory(options: BenchOptions, prepared: Prepared) -> tuple[float | None
 
 
 # ------------------------------------------------------------------------------------------------ machine
-
-
-def machine_info(device: torch.device | None = None) -> dict[str, Any]:
-    """The CPU (model, cores), the GPU if used, and the software versions, for the record."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": usable,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": str(torch.__version__),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    with contextlib.suppress(OSError, AttributeError):
-        info["load_average_1m"] = os.getloadavg()[0]  # a busy machine makes every timing slower
-    if device is not None and device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 # -------------------------------------------------------------------------------------------------- bench

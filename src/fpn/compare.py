@@ -37,12 +37,9 @@ What is measured, for every design alike (``torch.set_num_threads(threads)`` thr
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -54,7 +51,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from fpn.checkpoints import atomic_write_text, load_detector, read_state_dict, save_detector
@@ -65,6 +61,7 @@ from fpn.engine.distributed import resolve_device
 from fpn.engine.evaluate import evaluate
 from fpn.engine.train import has_split, train
 from fpn.errors import ConfigError
+from fpn.measure import forward_gflops, machine_info, rss_peak_delta_mb
 from fpn.presets import preset
 
 logger = logging.getLogger(__name__)
@@ -233,17 +230,6 @@ def training_seconds(run_dir: Path) -> float | None:
 # ----------------------------------------------------------------------------------------------- costs
 
 
-def count_gflops(model: nn.Module, image: torch.Tensor) -> float:
-    """GFLOPs of one eval-mode forward pass of ``model`` on ``image``, counted as ``fpn models`` counts."""
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model([image])
-    model.train(was_training)
-    return counter.get_total_flops() / 1e9
-
-
 @torch.no_grad()
 def measure_latency(
     model: nn.Module, image: torch.Tensor, *, runs: int = LATENCY_RUNS, warmup: int = LATENCY_WARMUP
@@ -288,20 +274,12 @@ def measure_memory(model_path: Path, config: RunConfig, *, threads: int) -> dict
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _status_kib(field: str) -> int:
-    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1))
-
-
 def _peak_mib(step: Callable[[], object]) -> float:
-    """Peak RSS while ``step`` runs, minus the RSS just before it (MiB)."""
-    gc.collect()
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    step()
-    return round((_status_kib("VmHWM") - before) / 1024, 2)
+    """Resident-memory rise of one call of ``step`` (MiB; see :mod:`fpn.measure`)."""
+    value, _ = rss_peak_delta_mb(step)
+    if value is None:
+        raise RuntimeError("no /proc/self/status to read the resident-memory peak from")
+    return round(value, 2)
 
 
 def _probe_main(spec_path: str) -> None:
@@ -345,25 +323,6 @@ def _probe_main(spec_path: str) -> None:
     train_step()  # also creates the momentum buffers, which then count as baseline
     train_peak = _peak_mib(train_step)
     print(json.dumps({"train_peak_mb": train_peak, "infer_peak_mb": infer_peak}))
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """The CPU, its cores, the torch version and the thread count the numbers were measured with."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.MULTILINE)
-        cpu = match.group(1).strip() if match else cpu
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_available": available,
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
 
 
 # ---------------------------------------------------------------------------------------- the comparison
@@ -435,7 +394,7 @@ def _compare(
             "latency_warmup": LATENCY_WARMUP,
             "run": run_settings,
         },
-        "machine": machine_info(threads),
+        "machine": machine_info(threads=threads),
     }
     bar = tqdm(designs, desc="compare", unit="design", dynamic_ncols=True, disable=not progress, file=sys.stderr)
     try:
@@ -495,7 +454,7 @@ def _measure(
 ) -> dict[str, Any]:
     model, _ = load_detector(model_path)  # on the CPU, in eval mode
     return {
-        "GFLOPs": count_gflops(model, image),
+        "GFLOPs": forward_gflops(model, image),
         "params": sum(p.numel() for p in model.parameters()),
         "latency_s": round(measure_latency(model, image, runs=latency_runs), 5),
         **measure_memory(model_path, config, threads=threads),

@@ -12,10 +12,10 @@ import argparse
 import logging
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fpn.config import DESIGNS, ModelConfig
 from fpn.detection import FasterRCNN
+from fpn.measure import eval_size, forward_gflops
 from fpn.presets import PRESETS, preset
 
 logger = logging.getLogger(__name__)
@@ -34,12 +34,6 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def eval_size(config: ModelConfig) -> tuple[int, int]:
-    """(height, width) of the preset's test image: shorter side min_size[-1], 4:3, longer side capped."""
-    shorter = config.transform.min_size[-1]
-    return shorter, min(round(shorter * 4 / 3), config.transform.max_size)
-
-
 def count(config: ModelConfig, *, flops: bool = True) -> dict[str, float | int | None]:
     """Parameters and (optionally) GFLOPs of one eval-mode forward pass at the preset's test size."""
     torch.manual_seed(0)
@@ -49,10 +43,7 @@ def count(config: ModelConfig, *, flops: bool = True) -> dict[str, float | int |
     if flops:
         height, width = eval_size(config)
         image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            model([image])
-        gflops = counter.get_total_flops() / 1e9
+        gflops = forward_gflops(model, image)
     return {"params": params, "gflops": gflops}
 
 
