@@ -96,6 +96,7 @@ class BenchOptions:
     peak_gflops: float | None = None  # a known peak rate (GFLOP/s): skips measuring it
     peak_scale: float = 1.0  # linear size of the peak kernels relative to the defaults (tests shrink them)
     seed: int = 0
+    exact: bool = False  # infer: skip optimize_for_inference (BN folding, channels-last)
 
     def validate(self) -> None:
         """Reject values no measurement can use, naming the option."""
@@ -455,6 +456,8 @@ class Prepared:
 def prepare(options: BenchOptions, device: torch.device) -> Prepared:
     """Build the model at its input size on ``device``, with inputs and the iteration to time."""
     model, name = build_model(options)
+    if options.mode == "infer" and not options.exact:
+        model.optimize_for_inference()  # what `fpn detect` runs; same results to rounding (parity tests)
     size = options.size or default_size(model)
     fit_input(model, *size)
     model.to(device)
@@ -560,6 +563,7 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         "params": sum(p.numel() for p in prepared.model.parameters()),
         "mode": options.mode,
         "precision": options.precision,
+        "optimized": options.mode == "infer" and not options.exact,
         "device": str(device),
         "size": format_size(prepared.size),
         "batch": prepared.batch,

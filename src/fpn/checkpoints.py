@@ -171,6 +171,8 @@ def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Pa
     """Write the project's checkpoint: config + weights (+ anything in ``extra``, e.g. optimizer state)."""
     from fpn.config import to_dict
 
+    if getattr(model, "optimized", False):
+        raise ValueError("an inference-optimized model (folded BatchNorms) cannot be saved; save the original")
     payload = {"format": FORMAT, "version": 1, "config": to_dict(model.config), "model": model.state_dict()}
     payload.update(extra)
     return atomic_save(payload, path)

@@ -60,6 +60,8 @@ def detect_files(
 ) -> Iterator[DetectResult]:
     """Detections for each image file; an unreadable image yields a result with ``error`` set instead."""
     model.eval().to(device)
+    if not model.optimized:
+        model.optimize_for_inference()  # same detections to float rounding, ~1.5x faster on a CPU
     for path in paths:
         try:
             image = open_image(path)

@@ -296,3 +296,30 @@ def test_bf16_autocast_keeps_boxes_and_scores_in_fp32():
         out = model([torch.rand(3, 100, 140)])[0]
     assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
     assert len(out["boxes"]) > 0
+
+
+def test_optimized_for_inference_gives_the_same_detections(tmp_path):
+    from fpn.checkpoints import save_detector
+
+    torch.manual_seed(0)
+    config = preset("micro-fpn")
+    config.class_names = ["a", "b"]
+    config.backbone.norm = "frozen_bn"
+    config.roi_heads.score_thresh = 0.0
+    model = FasterRCNN(config).eval()
+    for module in model.backbone.modules():  # non-trivial frozen statistics, so folding has work to do
+        if hasattr(module, "running_var"):
+            module.running_var.uniform_(0.5, 2.0)
+            module.running_mean.uniform_(-0.5, 0.5)
+    image = torch.rand(3, 100, 140)
+    with torch.inference_mode():
+        expected = model([image])[0]
+        got = model.optimize_for_inference()([image])[0]
+    assert not any(type(m).__name__ == "FrozenBatchNorm2d" for m in model.modules())
+    torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-5, rtol=0)
+    assert torch.equal(got["labels"], expected["labels"])
+    with pytest.raises(RuntimeError, match="optimized for inference"):
+        model.train()
+    with pytest.raises(ValueError, match="cannot be saved"):
+        save_detector(model, tmp_path / "folded.pt")

@@ -27,12 +27,11 @@ def golden():
     return torch.load(GOLDEN / "fasterrcnn_parity.pt", weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def model(golden, tmp_path_factory):
+def load_golden_model(golden, folder):
+    """The goldens' weights written as a torchvision-layout .pth and loaded through ``load_detector``."""
     keys = json.loads((GOLDEN / "fasterrcnn_resnet50_fpn_keys.json").read_text())["fasterrcnn_resnet50_fpn_frozen_bn"]
-    state = deterministic_state_dict({key: tuple(shape) for key, shape in keys})
-    path = tmp_path_factory.mktemp("tv") / "fasterrcnn_deterministic.pth"
-    torch.save(state, path)
+    path = folder / "fasterrcnn_deterministic.pth"
+    torch.save(deterministic_state_dict({key: tuple(shape) for key, shape in keys}), path)
     transform = golden["metadata"]["transform"]
     overrides = [f"transform.min_size={list(transform['min_size'])}", f"transform.max_size={transform['max_size']}"]
     # The goldens were made with FrozenBatchNorm2d's default eps (1e-5), not the 0 torchvision uses with
@@ -40,6 +39,17 @@ def model(golden, tmp_path_factory):
     overrides.append("backbone.bn_eps=1e-5")
     model, _ = load_detector(path, config_overrides=overrides)
     return model
+
+
+@pytest.fixture(scope="module")
+def model(golden, tmp_path_factory):
+    return load_golden_model(golden, tmp_path_factory.mktemp("tv"))
+
+
+@pytest.fixture(scope="module")
+def optimized(golden, tmp_path_factory):
+    """The same weights with frozen BatchNorms folded and channels-last layout (the fast inference path)."""
+    return load_golden_model(golden, tmp_path_factory.mktemp("tv")).optimize_for_inference()
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,12 @@ def compare(expected, proposals, detection):
     assert torch.equal(detection["labels"], expected["labels"])
     torch.testing.assert_close(detection["boxes"], expected["boxes"], rtol=0, atol=0.01)
     torch.testing.assert_close(detection["scores"], expected["scores"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_optimized_path_matches_torchvision(optimized, images, golden, index):
+    proposals, detections = run(optimized, [images[index]])
+    compare(golden["single"][index], proposals[0], detections[0])
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])

@@ -48,6 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's current setting)")
     p.add_argument("--mode", choices=MODES, default="infer", help="forward pass or training step (default: infer)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (default: fp32)")
+    p.add_argument("--exact", action="store_true", help="infer: time the model as loaded, without BN folding")
     p.add_argument("--batch", type=int, help="images per iteration (default: 1 for infer, 2 for train)")
     p.add_argument("--runs", type=int, default=5, help="timed iterations (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: %(default)s)")
@@ -68,6 +69,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         threads=args.threads,
         mode=args.mode,
         precision=args.precision,
+        exact=args.exact,
         batch=args.batch,
         runs=args.runs,
         warmup=args.warmup,

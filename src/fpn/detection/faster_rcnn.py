@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fpn.backbones import build_backbone
+from fpn.backbones.fuse import fold_frozen_batchnorms
 from fpn.config import ModelConfig
 from fpn.detection.image_pyramid import detect_multiscale
 from fpn.detection.roi_heads import RoIHeads
@@ -45,6 +46,24 @@ class FasterRCNN(nn.Module):
         self.roi_heads = RoIHeads(self.levels, config.num_classes, config.roi_heads)
         self.last_counts: dict[str, list[int]] = {}  # per-level counts of the last forward, for `fpn show`
         self.check_features = True
+        self.optimized = False  # see optimize_for_inference
+
+    def optimize_for_inference(self) -> FasterRCNN:
+        """Fold frozen BatchNorms into their convolutions and run in channels-last layout (CPU: ~1.5x faster).
+
+        Results equal the unoptimized model's to float rounding (the torchvision parity test runs both). The
+        weights change shape, so an optimized model can neither train nor be saved: load it again for that.
+        """
+        if self.config.backbone.norm == "frozen_bn":
+            fold_frozen_batchnorms(self.backbone)
+        self.to(memory_format=torch.channels_last)
+        self.optimized = True
+        return self.eval()
+
+    def train(self, mode: bool = True) -> FasterRCNN:
+        if mode and getattr(self, "optimized", False):
+            raise RuntimeError("this model was optimized for inference; load it again to train it")
+        return super().train(mode)
 
     def describe(self) -> str:
         """The levels the design produces, one per line, with their anchor sizes."""
@@ -54,6 +73,8 @@ class FasterRCNN(nn.Module):
 
     def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""
+        if self.optimized:
+            tensors = tensors.contiguous(memory_format=torch.channels_last)
         bottom_up = self.backbone(tensors)
         pyramid = self.pyramid(bottom_up)
         if self.check_features:
