@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from fpn.checkpoints import read_state_dict
 from fpn.cli import main
@@ -17,14 +16,6 @@ FAST = [
     "train.batch_size=1",
     "lr=1e-2",  # YAML alone would read 1e-2 as a string
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -28,15 +28,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Such tiny models run faster on one thread, and far faster when other tests compete for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic(tmp_path_factory.mktemp("synthetic") / "set", num_train=8, num_val=4, image_size=128)
