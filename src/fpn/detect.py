@@ -58,10 +58,14 @@ class DetectResult:
 def detect_files(
     model: FasterRCNN, paths: Iterable[Path], *, device: torch.device, score_thresh: float | None = None
 ) -> Iterator[DetectResult]:
-    """Detections for each image file; an unreadable image yields a result with ``error`` set instead."""
+    """Detections for each image file; an unreadable image yields a result with ``error`` set instead.
+
+    The model is put in eval mode on ``device`` and optimized for inference in place (see
+    :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save it afterwards.
+    """
     model.eval().to(device)
     if not model.optimized:
-        model.optimize_for_inference()  # same detections to float rounding, ~1.5x faster on a CPU
+        model.optimize_for_inference()  # same detections to float rounding, faster (see the method)
     for path in paths:
         try:
             image = open_image(path)

@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"fpn.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fpn.cli.{name}":
-                raise
-            continue  # a subcommand not built yet
-        module.add_parser(subparsers)
+        importlib.import_module(f"fpn.cli.{name}").add_parser(subparsers)
     return parser
 
 
