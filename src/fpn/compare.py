@@ -56,7 +56,7 @@ from tqdm import tqdm
 from fpn.checkpoints import atomic_write_text, load_detector, read_state_dict, save_detector
 from fpn.config import DESIGNS, to_dict
 from fpn.data import load_dataset
-from fpn.engine.config import RunConfig, build_run_config
+from fpn.engine.config import DEMO_TRAIN, RunConfig, build_run_config
 from fpn.engine.distributed import resolve_device
 from fpn.engine.evaluate import evaluate
 from fpn.engine.train import has_split, train
@@ -100,7 +100,6 @@ def compare_config(
     Without ``iters`` and ``minutes`` the budget is :data:`DEFAULT_ITERS` iterations. ``minutes`` alone makes
     the schedule follow the clock, so cheaper designs get more iterations (and runs do not repeat exactly).
     """
-    from fpn.cli.demo import DEMO_TRAIN  # the demo's settings, calibrated for tiny-fpn on the synthetic set
 
     for item in overrides:
         if item.partition("=")[0].strip() in ("model.pyramid.design", "design"):

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from fpn.cli.train import first_free
+from fpn.engine.config import DEMO_ITERS, demo_config
 
 
 def add_parser(subparsers) -> None:
@@ -26,34 +27,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--pictures", type=int, default=6, help="val images to draw detections on")
     p.add_argument("--score-thresh", type=float, default=0.5, help="detections drawn at least this confident")
     p.set_defaults(run=run)
-
-
-# Calibrated so that the whole demo takes about 5 minutes on a 2-core CPU (see README for the measured AP).
-# Tried on this machine (val AP): 600 iterations with multi-scale jitter 6.2; with lr 0.01 / 0.04 instead of
-# 0.02, 2.3 / 5.7; batch 4 for 500 iterations 5.7; 800 iterations at one 320 px scale 7.5 (8.4 on a quiet
-# machine, 3 min for the whole demo); this setting runs 1200 such iterations.
-DEMO_ITERS = 1200
-DEMO_SCALE = 320
-DEMO_TRAIN = {
-    "batch_size": 2,
-    "micro_batch": 0,
-    "lr": 0.02,
-    "warmup_iters": 50,
-    "schedule": "cosine",
-    "checkpoint_every": 200,
-    "log_every": 20,
-    "workers": 1,
-}
-
-
-def demo_config(iters: int, design: str):
-    from fpn.engine.config import RunConfig, TrainConfig
-    from fpn.presets import preset
-
-    train = TrainConfig(**DEMO_TRAIN, iters=iters, epochs=None)
-    model = preset("tiny-fpn", design=design)
-    model.transform.min_size = [DEMO_SCALE]
-    return RunConfig(model=model, train=train, data="synthetic")
 
 
 def run(args: argparse.Namespace) -> int:
