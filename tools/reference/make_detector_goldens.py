@@ -43,6 +43,7 @@ from deterministic_weights import (
     deterministic_state_dict,
     state_dict_shapes,
 )
+from make_backbone_goldens import summary
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN_DIR = REPO / "tests" / "golden"
@@ -159,17 +160,6 @@ def capture_method(obj: torch.nn.Module, name: str, calls: list[tuple[Any, Any]]
         yield
     finally:
         delattr(obj, name)
-
-
-def summary(t: Tensor) -> dict[str, Any]:
-    """Shape and float64 sum / abs-sum / sum of squares of a tensor."""
-    d = t.detach().to(torch.float64)
-    return {
-        "shape": list(t.shape),
-        "sum": float(d.sum()),
-        "abs_sum": float(d.abs().sum()),
-        "sq_sum": float((d * d).sum()),
-    }
 
 
 def cut_gap(sorted_desc: Tensor, k: int) -> float:
