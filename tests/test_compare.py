@@ -19,16 +19,10 @@ from fpn.compare import COLUMNS, COSTS, METRICS, check_designs, compare, compare
 from fpn.data import load_dataset, make_synthetic
 from fpn.errors import ConfigError
 
-# tiny-fpn at half width on 96 px images, three small test scales: a design trains and measures in seconds.
+# The micro-fpn preset (96 px images) with three small test scales: a design trains and measures in seconds.
+MODEL = "micro-fpn"
 TINY = [
-    "model.backbone.width=8",
-    "model.pyramid.channels=16",
-    "model.roi_heads.representation_size=32",
-    "model.transform.min_size=[96]",
-    "model.transform.max_size=128",
     "model.pyramid.test_scales=[64,96,128]",
-    "model.rpn.pre_nms_top_n_test=100",
-    "model.rpn.post_nms_top_n_test=50",
     "train.workers=0",
     "train.warmup_iters=1",
 ]
@@ -43,7 +37,15 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def compared(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("compared") / "out"
-    kwargs = {"data": str(data), "iters": 2, "threads": 1, "overrides": TINY, "latency_runs": 2, "progress": False}
+    kwargs = {
+        "data": str(data),
+        "model_preset": MODEL,
+        "iters": 2,
+        "threads": 1,
+        "overrides": TINY,
+        "latency_runs": 2,
+        "progress": False,
+    }
     return out, compare(DESIGNS, out_dir=out, **kwargs)
 
 
@@ -154,7 +156,14 @@ def test_rerun_reuses_finished_runs_resumes_interrupted_ones_and_refuses_another
     monkeypatch.setattr(compare_module, "train", spy)
     # Measured in the first comparison already; a subprocess per design would only slow this test down.
     monkeypatch.setattr(compare_module, "measure_memory", lambda *args, **kwargs: dict.fromkeys(COSTS[-2:], 1.0))
-    kwargs = {"data": str(data), "threads": 1, "overrides": TINY, "latency_runs": 1, "progress": False}
+    kwargs = {
+        "data": str(data),
+        "model_preset": MODEL,
+        "threads": 1,
+        "overrides": TINY,
+        "latency_runs": 1,
+        "progress": False,
+    }
     again = compare(["fpn", "single-map"], out_dir=out, iters=2, **kwargs)
     assert calls == [("single-map", True)]
     assert again["designs"]["fpn"]["AP"] == results["designs"]["fpn"]["AP"]
@@ -175,14 +184,22 @@ def test_bad_requests_are_config_errors(data: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="design is what compare varies"):
         compare_config(overrides=["model.pyramid.design=hierarchy"])
     with pytest.raises(ConfigError, match="threads"):
-        compare(["fpn"], out_dir=tmp_path / "x", data=str(data), iters=1, threads=0, overrides=TINY)
+        compare(["fpn"], out_dir=tmp_path / "x", data=str(data), model_preset=MODEL, iters=1, threads=0, overrides=TINY)
     spec = yaml.safe_load(data.read_text())
     spec["train"] = {key: str(data.parent / value) for key, value in spec["train"].items()}
     del spec["val"]
     train_only = tmp_path / "train_only.yaml"
     train_only.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match="no val split"):
-        compare(["fpn"], out_dir=tmp_path / "x", data=str(train_only), iters=1, threads=1, overrides=TINY)
+        compare(
+            ["fpn"],
+            out_dir=tmp_path / "x",
+            data=str(train_only),
+            model_preset=MODEL,
+            iters=1,
+            threads=1,
+            overrides=TINY,
+        )
     assert not (tmp_path / "x").exists()
 
 

@@ -11,14 +11,7 @@ from fpn.cli import main
 from fpn.data import make_synthetic
 
 TINY = [
-    "model.backbone.width=8",
-    "model.pyramid.channels=16",
-    "model.roi_heads.representation_size=32",
-    "model.transform.min_size=[96]",
-    "model.transform.max_size=128",
     "model.pyramid.test_scales=[64,128]",
-    "model.rpn.pre_nms_top_n_test=100",
-    "model.rpn.post_nms_top_n_test=50",
     "workers=0",  # a bare key: train.workers
     "warmup_iters=1",
 ]
@@ -31,7 +24,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_compare_writes_the_table_and_files(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
-    argv = ["compare", "--data", str(data), "--designs", "image-pyramid", "--iters", "1", "--threads", "1"]
+    argv = [
+        "compare",
+        "--data",
+        str(data),
+        "--designs",
+        "image-pyramid",
+        "--iters",
+        "1",
+        "--threads",
+        "1",
+        "--model",
+        "micro-fpn",
+    ]
     assert main([*argv, "--latency-runs", "1", "--seed", "3", "--out", str(out), *TINY]) == 0
     printed = capsys.readouterr().out
     assert "| `image-pyramid` |" in printed and printed.strip().endswith("*.png, runs/)")
