@@ -323,3 +323,28 @@ def test_optimized_for_inference_gives_the_same_detections(tmp_path):
         model.train()
     with pytest.raises(ValueError, match="cannot be saved"):
         save_detector(model, tmp_path / "folded.pt")
+
+
+def test_bfloat16_inference_keeps_boxes_and_scores_in_float32_and_close_to_float32():
+    torch.manual_seed(0)
+    config = preset("micro-fpn")
+    config.class_names = ["a", "b"]
+    config.roi_heads.score_thresh = 0.0
+    reference = FasterRCNN(config).eval()
+    model = FasterRCNN(config)
+    model.load_state_dict(reference.state_dict())
+    model.optimize_for_inference(torch.bfloat16)
+    assert model.backbone.conv1.weight.dtype == torch.bfloat16
+    assert model.roi_heads.box_predictor.cls_score.weight.dtype == torch.bfloat16
+    image = torch.rand(3, 100, 140)
+    with torch.inference_mode():
+        expected = reference([image])[0]
+        got = model([image])[0]
+    assert got["boxes"].dtype == torch.float32 and got["scores"].dtype == torch.float32
+    assert len(got["boxes"]) > 0
+    # bf16 is not exact: the best detection is still found, within a pixel and a little score.
+    best = torch.cdist(expected["boxes"][:1], got["boxes"], p=float("inf")).min()
+    assert best < 1.0
+    assert abs(float(got["scores"][0] - expected["scores"][0])) < 0.02
+    with pytest.raises(ValueError, match="float32 and bfloat16"):
+        FasterRCNN(config).optimize_for_inference(torch.float16)

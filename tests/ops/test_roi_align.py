@@ -250,3 +250,19 @@ def test_roi_align_golden(goldens: dict[str, torch.Tensor], aligned: bool, ratio
         aligned=aligned,
     )
     torch.testing.assert_close(got, goldens[f"roi_align/out_aligned{int(aligned)}_ratio{ratio}"], rtol=0, atol=1e-5)
+
+
+def test_crop_sizes_are_padded_by_at_most_a_quarter():
+    padded = ROI_ALIGN_MODULE._padded
+    assert [padded(s) for s in (1, 2, 3, 16, 17, 20, 21, 33, 64, 65)] == [2, 2, 4, 16, 20, 20, 24, 40, 64, 80]
+    assert all(s <= padded(s) <= max(s + 1, s * 5 // 4 + 1) for s in range(1, 300))
+
+
+def test_huge_rois_over_the_whole_map_match_the_reference():
+    # Crops far beyond the chunk budget are pooled alone; adaptive grids of many samples stay exact.
+    gen = torch.Generator().manual_seed(5)
+    features = torch.randn(1, 3, 40, 50, generator=gen, dtype=torch.float64)
+    rois = torch.tensor([[0.0, -30.0, -20.0, 130.0, 90.0], [0.0, 2.0, 3.0, 97.0, 79.0]], dtype=torch.float64)
+    for ratio in (2, 0):
+        expected = roi_align_reference(features, rois, 5, 5, 0.5, ratio, False)
+        torch.testing.assert_close(roi_align(features, rois, 5, 0.5, ratio), expected)

@@ -73,3 +73,20 @@ def test_p6_p7_from_c5_or_p5(extra, source):
     p7 = F.conv2d(F.relu(p6), model.extra.p7.weight, model.extra.p7.bias, stride=2, padding=1)
     torch.testing.assert_close(out["p7"], p7)
     assert [lv.name for lv in model.levels] == ["p2", "p3", "p4", "p5", "p6", "p7"]
+
+
+@pytest.mark.parametrize("size", [(8, 12), (7, 11)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_add_upsampled_equals_interpolate_and_add_with_gradients(size, channels_last):
+    from fpn.pyramids.fpn import add_upsampled
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    coarse = torch.randn(2, 3, -(-size[0] // 2), -(-size[1] // 2)).contiguous(memory_format=fmt).requires_grad_()
+    lateral_in = torch.randn(2, 3, *size).contiguous(memory_format=fmt).requires_grad_()
+    expected = lateral_in * 2 + nearest_up(coarse, size)
+    got = add_upsampled(lateral_in * 2, coarse)  # the lateral is a fresh map, as a convolution's output is
+    assert torch.equal(got, expected)
+    weights = torch.randn(expected.shape)
+    grads = torch.autograd.grad((expected * weights).sum(), (coarse, lateral_in))
+    torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), (coarse, lateral_in)), grads)

@@ -69,7 +69,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += identity  # in place: a fresh map per block costs a full write (and page faults) on the CPU
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -93,7 +94,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += identity  # in place: nothing saved for backward reads the norm's output
+        return self.relu(out)
 
 
 def _projection(cin: int, cout: int, stride: int, norm: tuple[str, float]) -> nn.Sequential | None:

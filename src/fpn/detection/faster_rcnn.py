@@ -47,16 +47,33 @@ class FasterRCNN(nn.Module):
         self.last_counts: dict[str, list[int]] = {}  # per-level counts of the last forward, for `fpn show`
         self.check_features = True
         self.optimized = False  # see optimize_for_inference
+        self.compute_dtype = torch.float32  # the networks' dtype (bfloat16 after optimize_for_inference(bf16))
 
-    def optimize_for_inference(self) -> FasterRCNN:
-        """Fold frozen BatchNorms into their convolutions and run channels-last (r50 on 2 CPU threads: 1.4x).
+    def optimize_for_inference(self, dtype: torch.dtype = torch.float32) -> FasterRCNN:
+        """Fold frozen BatchNorms into their convolutions and run channels-last, optionally in ``dtype``.
 
-        Results equal the unoptimized model's to float rounding (the torchvision parity test runs both). The
-        weights change shape, so an optimized model can neither train nor be saved: load it again for that.
+        In float32 the results equal the unoptimized model's to float rounding (the torchvision parity test
+        runs both). ``dtype=torch.bfloat16`` stores the networks' weights in bfloat16 and runs them so (no
+        autocast: weights are cast once, not at every call), while anchors, RoIAlign's sampling, box
+        decoding, scores and NMS stay in float32; its accuracy change is measured, not zero
+        (benchmarks/bf16_accuracy.py). The weights change shape, so an optimized model can neither train
+        nor be saved: load it again for that.
         """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"optimize_for_inference supports float32 and bfloat16, not {dtype}")
         if self.config.backbone.norm == "frozen_bn":
             fold_frozen_batchnorms(self.backbone)
         self.to(memory_format=torch.channels_last)
+        if dtype != torch.float32:
+            for network in (
+                self.backbone,
+                self.pyramid,
+                self.rpn.head,
+                self.roi_heads.box_head,
+                self.roi_heads.box_predictor,
+            ):
+                network.to(dtype)
+        self.compute_dtype = dtype
         self.optimized = True
         return self.eval()
 
@@ -74,7 +91,7 @@ class FasterRCNN(nn.Module):
     def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""
         if self.optimized:
-            tensors = tensors.contiguous(memory_format=torch.channels_last)
+            tensors = tensors.to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
         bottom_up = self.backbone(tensors)
         pyramid = self.pyramid(bottom_up)
         if self.check_features:

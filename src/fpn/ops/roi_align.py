@@ -2,14 +2,16 @@
 
 Each output bin averages ``grid_h x grid_w`` bilinear samples at regularly spaced points inside it.
 The samples' positions, the bilinear rule at the map border and the averaging count follow
-``torchvision/csrc/ops/cpu/roi_align_kernel.cpp``; the arithmetic is written in the same order so that
-float32 results agree to rounding.
+``torchvision/csrc/ops/cpu/roi_align_kernel.cpp``, so float32 results agree to rounding (~1e-7).
 
-The work is a gather: every sample of every RoI reads 4 feature vectors (all channels at once) from a
-``[N * H * W, C]`` view of the features. Bilinear interpolation is separable, so the sample positions
-and weights are computed per axis (``[R, out_h, grid_h]`` and ``[R, out_w, grid_w]``) and combined by
-broadcasting. Autograd differentiates through the gather (a scatter-add in backward), which is what
-torchvision's backward kernel does by hand.
+Interpolation and the bin average are separable: per channel, a RoI's output is ``Ay @ crop @ Ax^T``,
+where ``crop`` is the patch of the map its samples touch and ``Ay [out_h, crop_h]``, ``Ax [out_w, crop_w]``
+hold every sample's bilinear weights along one axis (built from per-axis taps, ``[R, out, grid]``). So
+each map pixel of the crop is read once, with all channels, from a ``[N * H * W, C]`` view of the
+features, instead of once per sample corner (784 reads for a 7x7 output with 2x2 samples, against a
+crop of typically 16x16 for RoIs on their FPN level), and the weighting is two batched matrix products.
+RoIs are grouped by padded crop size so that one chunk is one gather. Autograd differentiates through the
+gather (a scatter-add in backward), which is what torchvision's backward kernel does by hand.
 """
 
 from __future__ import annotations
@@ -98,22 +100,26 @@ def roi_align(
         raise ValueError(f"roi batch indices must lie in [0, {batch - 1}], got values in [{low}, {high}]")
 
     geometry = _roi_geometry(rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
-    # [N * H * W, C]: one row per feature-map position, so one gather fetches all channels of a sample.
+    # Samples per bin are padded to the largest grid (extra samples get zero weight): the taps are small
+    # [K, out, grid] tensors, so one layout for every RoI costs nothing and needs no grouping by grid.
+    max_grid_h = max(int(geometry.grid_h.max()), 1)
+    max_grid_w = max(int(geometry.grid_w.max()), 1)
+    taps_y = _axis_taps(geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, max_grid_h, height, coord_dtype)
+    taps_x = _axis_taps(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, max_grid_w, width, coord_dtype)
+
+    # [N * H * W, C]: one row per feature-map position (a view for channels-last features).
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     base = batch_index * (height * width)
-
-    # Group RoIs by their (grid_h, grid_w) so that no chunk pads samples (adaptive grids differ per RoI).
-    order, chunks = _plan(geometry.grid_h.cpu(), geometry.grid_w.cpu(), 4 * out_h * out_w * channels)
-    if order is not None:
-        order = order.to(features.device)
+    order, chunks = _plan(taps_y.span.cpu(), taps_x.span.cpu(), channels)
     pooled = []
-    for start, stop, grid_h, grid_w in chunks:
-        idx = slice(start, stop) if order is None else order[start:stop]
-        chunk = geometry.select(idx)
-        pooled.append(_pool_chunk(table, base[idx], chunk, out_h, out_w, grid_h, grid_w, height, width, coord_dtype))
-    result = torch.cat(pooled)
-    if order is not None:
-        result = result[torch.argsort(order)]
+    for start, stop, span_h, span_w in chunks:
+        idx = order[start:stop].to(features.device)
+        pooled.append(
+            _pool_chunk(
+                table, base[idx], taps_y.select(idx), taps_x.select(idx), (span_h, span_w), (height, width), coord_dtype
+            )
+        )
+    result = torch.cat(pooled)[torch.argsort(order).to(features.device)]
     return result.to(features.dtype)
 
 
@@ -126,11 +132,6 @@ class _Geometry:
         self.start_y, self.start_x = start_y, start_x
         self.bin_h, self.bin_w = bin_h, bin_w
         self.grid_h, self.grid_w = grid_h, grid_w
-
-    def select(self, idx: slice | Tensor) -> _Geometry:
-        return _Geometry(
-            self.start_y[idx], self.start_x[idx], self.bin_h[idx], self.bin_w[idx], self.grid_h[idx], self.grid_w[idx]
-        )
 
 
 def _roi_geometry(
@@ -159,38 +160,36 @@ def _roi_geometry(
     return _Geometry(start_y, start_x, bin_h, bin_w, grid_h, grid_w)
 
 
-def _plan(grid_h: Tensor, grid_w: Tensor, per_sample: int) -> tuple[Tensor | None, list[tuple[int, int, int, int]]]:
-    """Processing order and chunks ``(start, stop, grid_h, grid_w)`` for RoIs with grids ``[K]`` (on the CPU).
+class _Taps:
+    """Bilinear taps of every (RoI, bin, sample) along one axis, relative to the RoI's crop of the map.
 
-    RoIs are ordered so that equal grids are adjacent (``None``: keep the input order, all grids equal) and
-    cut into chunks of one grid each, of at most ``_MAX_CHUNK`` RoIs and, where possible, ``_GATHER_BUDGET``
-    gathered elements (a RoI with a huge adaptive grid is processed alone, whatever it costs). The loop runs
-    over distinct grids, not over RoIs. Empty grids (inverted aligned RoIs) are planned as 1x1 and masked.
+    ``low``/``high`` ``[K, out, grid]`` are indices into the crop that starts at ``first [K]`` and spans
+    ``span [K]`` map pixels; ``w_low``/``w_high`` their weights, already divided by the RoI's sample count
+    along this axis (so the product of the two axes' weights carries torchvision's ``1 / count``).
     """
-    grid_h, grid_w = grid_h.clamp(min=0), grid_w.clamp(min=0)
-    key = grid_h * (int(grid_w.max()) + 1) + grid_w
-    order = None if bool((key == key[0]).all()) else torch.argsort(key, stable=True)
-    sorted_key = key if order is None else key[order]
-    values, counts = torch.unique_consecutive(sorted_key, return_counts=True)
-    chunks = []
-    start = 0
-    for value, count in zip(values.tolist(), counts.tolist()):
-        gh, gw = divmod(value, int(grid_w.max()) + 1)
-        gh, gw = max(gh, 1), max(gw, 1)
-        step = max(1, min(_MAX_CHUNK, _GATHER_BUDGET // (gh * gw * per_sample)))
-        for first in range(start, start + count, step):
-            chunks.append((first, min(first + step, start + count), gh, gw))
-        start += count
-    return order, chunks
+
+    def __init__(self, first: Tensor, span: Tensor, low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor):
+        self.first, self.span = first, span
+        self.low, self.high, self.w_low, self.w_high = low, high, w_low, w_high
+
+    def select(self, idx: Tensor) -> _Taps:
+        return _Taps(self.first[idx], self.span[idx], self.low[idx], self.high[idx], self.w_low[idx], self.w_high[idx])
+
+    def matrix(self, span: int) -> Tensor:
+        """``[R, out, span]``: the weight of each crop pixel in each output bin (interpolation and averaging)."""
+        num, out, _ = self.low.shape
+        weights = self.low.new_zeros(num, out, span, dtype=self.w_low.dtype)
+        weights.scatter_add_(2, self.low, self.w_low)
+        return weights.scatter_add_(2, self.high, self.w_high)
 
 
-def _axis_samples(
+def _axis_taps(
     start: Tensor, bin_size: Tensor, grid: Tensor, out: int, num_samples: int, size: int, dtype: torch.dtype
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Bilinear taps along one axis for every (RoI, bin, sample): ``low, high`` indices and their weights.
+) -> _Taps:
+    """The taps along one axis (see :class:`_Taps`), for a map of ``size`` pixels along it.
 
-    All results are ``[R, out, num_samples]``. Samples beyond a RoI's own ``grid`` (an empty grid is planned
-    as one sample) and samples outside ``[-1, size]`` get zero weights, as the kernel skips them.
+    Samples beyond a RoI's own ``grid`` (an empty grid is planned as one sample) and samples outside
+    ``[-1, size]`` get zero weights, as the kernel skips them; they are also kept out of the crop.
     """
     device = start.device
     bins = torch.arange(out, device=device, dtype=dtype)[None, :, None]
@@ -210,54 +209,78 @@ def _axis_samples(
     high = torch.where(at_edge, low, low + 1)
     coord = torch.where(at_edge, low.to(dtype), coord)
     frac = coord - low.to(dtype)
-    mask = inside.to(dtype)
-    return low, high, (1.0 - frac) * mask, frac * mask
+    mask = inside.to(dtype) / grid_f
+
+    # The crop: from the lowest to the highest pixel any live sample touches (one pixel if none does).
+    any_inside = inside.flatten(1).any(dim=1)
+    first = torch.where(inside, low, size).flatten(1).amin(dim=1)
+    last = torch.where(inside, high, -1).flatten(1).amax(dim=1)
+    first = torch.where(any_inside, first, 0)
+    span = torch.where(any_inside, last - first + 1, 1)
+    offset = first[:, None, None]
+    # Dead samples point at the crop's first pixel with weight 0, so every index stays inside the crop.
+    low = torch.where(inside, low - offset, 0)
+    high = torch.where(inside, high - offset, 0)
+    return _Taps(first, span, low, high, (1.0 - frac) * mask, frac * mask)
 
 
-# The 4 bilinear corners in the order (y_low, x_low), (y_low, x_high), (y_high, x_low), (y_high, x_high).
-def _y_corners(low: Tensor, high: Tensor) -> Tensor:
-    """``[R, out_h, grid_h]`` y terms -> ``[R, out_h, 1, 4, grid_h, 1]``."""
-    return torch.stack((low, low, high, high), dim=2)[:, :, None, :, :, None]
+def _padded(span: int) -> int:
+    """Crop sizes are rounded up (to even sizes, then multiples of 4 above 16, 8 above 32, ...) so that RoIs
+    of similar size share a chunk; the padding adds at most a quarter per axis (an eighth on average)."""
+    step = 2 if span <= 16 else 1 << ((span - 1).bit_length() - 3)
+    return -(-span // step) * step
 
 
-def _x_corners(low: Tensor, high: Tensor) -> Tensor:
-    """``[R, out_w, grid_w]`` x terms -> ``[R, 1, out_w, 4, 1, grid_w]``."""
-    return torch.stack((low, high, low, high), dim=2)[:, None, :, :, None, :]
+def _plan(span_h: Tensor, span_w: Tensor, channels: int) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+    """Processing order (``[K]``, on the CPU) and chunks ``(start, stop, crop_h, crop_w)`` of that order.
+
+    RoIs with the same padded crop size are adjacent and share a chunk of at most ``_MAX_CHUNK`` RoIs and,
+    where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed alone, whatever it
+    costs). The loop runs over distinct crop sizes, not over RoIs.
+    """
+    padded_h = torch.tensor([_padded(v) for v in span_h.tolist()], dtype=torch.int64)
+    padded_w = torch.tensor([_padded(v) for v in span_w.tolist()], dtype=torch.int64)
+    key = padded_h * (int(padded_w.max()) + 1) + padded_w
+    order = torch.argsort(key, stable=True)
+    values, counts = torch.unique_consecutive(key[order], return_counts=True)
+    chunks = []
+    start = 0
+    for value, count in zip(values.tolist(), counts.tolist()):
+        crop_h, crop_w = divmod(value, int(padded_w.max()) + 1)
+        step = max(1, min(_MAX_CHUNK, _GATHER_BUDGET // (crop_h * crop_w * channels)))
+        for first in range(start, start + count, step):
+            chunks.append((first, min(first + step, start + count), crop_h, crop_w))
+        start += count
+    return order, chunks
 
 
 def _pool_chunk(
     table: Tensor,
     base: Tensor,
-    geometry: _Geometry,
-    out_h: int,
-    out_w: int,
-    grid_h: int,
-    grid_w: int,
-    height: int,
-    width: int,
+    taps_y: _Taps,
+    taps_x: _Taps,
+    crop: tuple[int, int],
+    map_size: tuple[int, int],
     dtype: torch.dtype,
 ) -> Tensor:
-    """Pool ``R`` RoIs sharing a ``grid_h x grid_w`` grid from ``table [N * H * W, C]`` -> ``[R, C, out_h, out_w]``.
+    """Pool ``R`` RoIs from ``table [N * H * W, C]`` through ``crop_h x crop_w`` crops -> ``[R, C, out_h, out_w]``.
 
-    Taps are laid out as ``[R, out_h, out_w, corner, grid_h, grid_w]`` so that each output bin reads one
-    contiguous run of ``4 * grid_h * grid_w`` gathered rows, and its weighted average is a batched
-    ``[1, S] @ [S, C]`` product.
+    Bilinear interpolation and the bin average are separable, so a RoI's output is ``Ay @ crop @ Ax^T`` per
+    channel, with ``Ay [out_h, crop_h]`` and ``Ax [out_w, crop_w]`` holding every sample's weights. The map
+    is read once per crop pixel, not once per sample corner: a 7x7 output with 2x2 samples reads 784
+    corners but typically a 16x16 crop. Both products are batched matrix products; the crop's padding
+    (beyond the map or the RoI) has zero weight, and its indices are clamped onto the map.
     """
     num = base.shape[0]
-    y_low, y_high, wy_low, wy_high = _axis_samples(
-        geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, grid_h, height, dtype
-    )
-    x_low, x_high, wx_low, wx_high = _axis_samples(
-        geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, grid_w, width, dtype
-    )
-    rows = _y_corners(y_low, y_high) * width + base[:, None, None, None, None, None]
-    index = rows + _x_corners(x_low, x_high)
-    # The kernel averages with count = max(grid_h * grid_w, 1) (an empty grid yields zeros, not a division by
-    # zero); folding 1 / count into the small weight tensor saves a pass over the output.
-    count = (geometry.grid_h * geometry.grid_w).clamp(min=1).to(dtype)
-    weight = _y_corners(wy_low, wy_high) * _x_corners(wx_low, wx_high) / count[:, None, None, None, None, None]
-    samples = 4 * grid_h * grid_w
-    # Low-precision features are widened after the gather so that the averaging runs in `dtype`.
-    values = table.index_select(0, index.reshape(-1)).view(num * out_h * out_w, samples, -1).to(dtype)
-    total = torch.bmm(weight.reshape(num * out_h * out_w, 1, samples), values)
-    return total.view(num, out_h, out_w, -1).permute(0, 3, 1, 2)
+    (crop_h, crop_w), (height, width) = crop, map_size
+    rows = (taps_y.first[:, None] + torch.arange(crop_h, device=base.device)).clamp(max=height - 1)
+    cols = (taps_x.first[:, None] + torch.arange(crop_w, device=base.device)).clamp(max=width - 1)
+    index = (base[:, None, None] + rows[:, :, None] * width) + cols[:, None, :]  # [R, crop_h, crop_w]
+    # Low-precision features are widened after the gather so that the arithmetic runs in `dtype`.
+    values = table.index_select(0, index.reshape(-1)).view(num * crop_h, crop_w, -1).to(dtype)
+    weight_x = taps_x.matrix(crop_w)  # [R, out_w, crop_w]
+    out_w = weight_x.shape[1]
+    weight_x = weight_x[:, None].expand(num, crop_h, out_w, crop_w).reshape(num * crop_h, out_w, crop_w)
+    along_x = torch.bmm(weight_x, values).view(num, crop_h, -1)  # [R, crop_h, out_w * C]
+    pooled = torch.bmm(taps_y.matrix(crop_h), along_x)  # [R, out_h, out_w * C]
+    return pooled.view(num, pooled.shape[1], out_w, -1).permute(0, 3, 1, 2)
