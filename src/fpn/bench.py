@@ -86,7 +86,7 @@ class BenchOptions:
     size: tuple[int, int] | None = None  # (height, width) the network sees; None: the model's test size
     threads: int | None = None  # intra-op threads; None: torch's current setting
     mode: str = "infer"
-    precision: str = "fp32"  # bf16: torch.autocast on the model's device
+    precision: str = "fp32"  # bf16: weights cast to bf16 (optimized inference) or torch.autocast (--exact, train)
     batch: int | None = None  # images per iteration; None: 1 for infer, 2 for train
     runs: int = 5
     warmup: int = 1
@@ -289,6 +289,11 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
     return contextlib.nullcontext()
 
 
+def autocast_precision(options: BenchOptions) -> str:
+    """The precision to autocast to: none for an optimized inference model, whose weights are already bf16."""
+    return "fp32" if options.mode == "infer" and not options.exact else options.precision
+
+
 def make_step(
     model: torch.nn.Module,
     mode: str,
@@ -457,7 +462,8 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
     """Build the model at its input size on ``device``, with inputs and the iteration to time."""
     model, name = build_model(options)
     if options.mode == "infer" and not options.exact:
-        model.optimize_for_inference()  # what `fpn detect` runs; same results to rounding (parity tests)
+        # What `fpn detect` runs: same results to rounding in fp32 (parity tests); weights cast once in bf16.
+        model.optimize_for_inference(torch.bfloat16 if options.precision == "bf16" else torch.float32)
     size = options.size or default_size(model)
     fit_input(model, *size)
     model.to(device)
@@ -468,7 +474,7 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
         targets = synthetic_targets(batch, *size, model.config.num_classes, seed=options.seed)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     timer = StageTimer(model, device)
-    step = make_step(model, options.mode, options.precision, images, targets, timer, seed=options.seed)
+    step = make_step(model, options.mode, autocast_precision(options), images, targets, timer, seed=options.seed)
     return Prepared(model, name, device, size, batch, images, targets, timer, step)
 
 
@@ -601,7 +607,9 @@ def _scaling(options: BenchOptions, prepared: Prepared, main: Timings, main_gflo
         if options.mode == "train":
             targets = synthetic_targets(prepared.batch, *size, model.config.num_classes, seed=options.seed)
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        step = make_step(model, options.mode, options.precision, images, targets, prepared.timer, seed=options.seed)
+        step = make_step(
+            model, options.mode, autocast_precision(options), images, targets, prepared.timer, seed=options.seed
+        )
         timings = time_runs(step, prepared.timer, runs=options.runs, warmup=options.warmup, device=device)
         return timings, count_gflops(step)
 

@@ -56,16 +56,22 @@ class DetectResult:
 
 @torch.inference_mode()
 def detect_files(
-    model: FasterRCNN, paths: Iterable[Path], *, device: torch.device, score_thresh: float | None = None
+    model: FasterRCNN,
+    paths: Iterable[Path],
+    *,
+    device: torch.device,
+    score_thresh: float | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[DetectResult]:
     """Detections for each image file; an unreadable image yields a result with ``error`` set instead.
 
-    The model is put in eval mode on ``device`` and optimized for inference in place (see
+    The model is put in eval mode on ``device`` and optimized for inference in place, in ``dtype`` (see
     :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save it afterwards.
     """
     model.eval().to(device)
     if not model.optimized:
-        model.optimize_for_inference()  # same detections to float rounding, faster (see the method)
+        # float32: the same detections to float rounding, faster; bfloat16: faster still, close but not equal.
+        model.optimize_for_inference(dtype)
     for path in paths:
         try:
             image = open_image(path)

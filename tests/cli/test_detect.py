@@ -223,3 +223,24 @@ def test_only_corrupt_images_is_a_failure(weights, tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 1
     assert "broken.png" in captured.err and "Traceback" not in captured.err
+
+
+def test_bf16_precision_finds_the_same_top_detections(weights, image_dir, first_run, tmp_path, capsys):
+    *_, out = first_run
+    fp32 = json.loads((out / "results.json").read_text())
+    output = tmp_path / "bf16.json"
+    code = detect(
+        image_dir / "rgb.jpg", "--weights", weights, "--output", output, "--score-thresh", 0, "--precision", "bf16"
+    )
+    assert code == 0
+    capsys.readouterr()
+    bf16 = json.loads(output.read_text())
+    assert bf16 and all(r["file_name"] == "rgb.jpg" for r in bf16)
+    best = max((r for r in fp32 if r["file_name"] == "rgb.jpg"), key=lambda r: r["score"])
+    # bf16 is close, not equal: the best fp32 detection is found again within a pixel and a little score.
+    assert any(
+        r["category_id"] == best["category_id"]
+        and max(abs(a - b) for a, b in zip(r["bbox"], best["bbox"])) < 1.0
+        and abs(r["score"] - best["score"]) < 0.02
+        for r in bf16
+    )

@@ -47,7 +47,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--size", help="HEIGHTxWIDTH the network sees, e.g. 800x1216 (default: the model's test size)")
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's current setting)")
     p.add_argument("--mode", choices=MODES, default="infer", help="forward pass or training step (default: infer)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (default: fp32)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: bfloat16 weights for optimized inference, autocast for --exact and training (default: fp32)",
+    )
     p.add_argument("--exact", action="store_true", help="infer: time the model as loaded, without BN folding")
     p.add_argument("--batch", type=int, help="images per iteration (default: 1 for infer, 2 for train)")
     p.add_argument("--runs", type=int, default=5, help="timed iterations (default: %(default)s)")

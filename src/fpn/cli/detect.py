@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from fpn.checkpoints import atomic_write_text, load_detector
@@ -25,6 +26,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections at least this confident")
     p.add_argument("--colour-by", choices=("class", "level"), default="class", help="box colours in pictures")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: bfloat16 weights and maps, about 2x faster on CPUs with bf16 instructions and on recent GPUs; "
+        "detections close to fp32's but not identical (default: %(default)s)",
+    )
     p.set_defaults(run=run)
 
 
@@ -37,7 +45,13 @@ def run(args: argparse.Namespace) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     records, failed, used = [], [], set()
     bar = tqdm(total=len(paths), unit="img", desc="detect", disable=not sys.stderr.isatty())
-    for result in detect_files(model, paths, device=device, score_thresh=args.score_thresh):
+    for result in detect_files(
+        model,
+        paths,
+        device=device,
+        score_thresh=args.score_thresh,
+        dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
+    ):
         bar.update()
         if result.error:
             failed.append(result.error)
