@@ -111,14 +111,19 @@ def roi_align(
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     base = batch_index * (height * width)
     order, chunks = _plan(taps_y.span.cpu(), taps_x.span.cpu(), channels)
-    pooled = []
-    for start, stop, span_h, span_w in chunks:
+    jobs = []
+    for start, stop, crop_h, crop_w in chunks:
         idx = order[start:stop].to(features.device)
-        pooled.append(
-            _pool_chunk(
-                table, base[idx], taps_y.select(idx), taps_x.select(idx), (span_h, span_w), (height, width), coord_dtype
-            )
-        )
+        y, x = taps_y.select(idx), taps_x.select(idx)
+        jobs.append((y, x, _crop_index(base[idx], y.first, x.first, (crop_h, crop_w), (height, width))))
+    if torch.is_grad_enabled() and features.requires_grad:
+        # One gather for all chunks: its backward is one scatter-add into one zero map, not one per chunk.
+        flat = table.index_select(0, torch.cat([index.reshape(-1) for *_, index in jobs]))
+        gathered = iter(flat.split([index.numel() for *_, index in jobs]))
+    else:
+        # Without autograd, chunk by chunk: the peak memory is one chunk's crops (_GATHER_BUDGET).
+        gathered = (table.index_select(0, index.reshape(-1)) for *_, index in jobs)
+    pooled = [_weigh(values, y, x, index.shape[1:], coord_dtype) for (y, x, index), values in zip(jobs, gathered)]
     result = torch.cat(pooled)[torch.argsort(order).to(features.device)]
     return result.to(features.dtype)
 
@@ -254,30 +259,31 @@ def _plan(span_h: Tensor, span_w: Tensor, channels: int) -> tuple[Tensor, list[t
     return order, chunks
 
 
-def _pool_chunk(
-    table: Tensor,
-    base: Tensor,
-    taps_y: _Taps,
-    taps_x: _Taps,
-    crop: tuple[int, int],
-    map_size: tuple[int, int],
-    dtype: torch.dtype,
+def _crop_index(
+    base: Tensor, first_y: Tensor, first_x: Tensor, crop: tuple[int, int], map_size: tuple[int, int]
 ) -> Tensor:
-    """Pool ``R`` RoIs from ``table [N * H * W, C]`` through ``crop_h x crop_w`` crops -> ``[R, C, out_h, out_w]``.
+    """Rows of the ``[N * H * W, C]`` table that hold each RoI's ``crop_h x crop_w`` crop: ``[R, crop_h, crop_w]``.
+
+    A crop starts at the first pixel its RoI's samples touch; padding beyond the map is clamped onto it
+    (those pixels get zero weight in :func:`_weigh`).
+    """
+    (crop_h, crop_w), (height, width) = crop, map_size
+    rows = (first_y[:, None] + torch.arange(crop_h, device=base.device)).clamp(max=height - 1)
+    cols = (first_x[:, None] + torch.arange(crop_w, device=base.device)).clamp(max=width - 1)
+    return (base[:, None, None] + rows[:, :, None] * width) + cols[:, None, :]
+
+
+def _weigh(values: Tensor, taps_y: _Taps, taps_x: _Taps, crop: torch.Size, dtype: torch.dtype) -> Tensor:
+    """Pool ``R`` RoIs from their gathered crops ``[R * crop_h * crop_w, C]`` -> ``[R, C, out_h, out_w]``.
 
     Bilinear interpolation and the bin average are separable, so a RoI's output is ``Ay @ crop @ Ax^T`` per
-    channel, with ``Ay [out_h, crop_h]`` and ``Ax [out_w, crop_w]`` holding every sample's weights. The map
-    is read once per crop pixel, not once per sample corner: a 7x7 output with 2x2 samples reads 784
-    corners but typically a 16x16 crop. Both products are batched matrix products; the crop's padding
-    (beyond the map or the RoI) has zero weight, and its indices are clamped onto the map.
+    channel, with ``Ay [out_h, crop_h]`` and ``Ax [out_w, crop_w]`` holding every sample's weights: two
+    batched matrix products. The crop's padding (beyond the map or the RoI) has zero weight.
     """
-    num = base.shape[0]
-    (crop_h, crop_w), (height, width) = crop, map_size
-    rows = (taps_y.first[:, None] + torch.arange(crop_h, device=base.device)).clamp(max=height - 1)
-    cols = (taps_x.first[:, None] + torch.arange(crop_w, device=base.device)).clamp(max=width - 1)
-    index = (base[:, None, None] + rows[:, :, None] * width) + cols[:, None, :]  # [R, crop_h, crop_w]
+    crop_h, crop_w = crop
+    num = values.shape[0] // (crop_h * crop_w)
     # Low-precision features are widened after the gather so that the arithmetic runs in `dtype`.
-    values = table.index_select(0, index.reshape(-1)).view(num * crop_h, crop_w, -1).to(dtype)
+    values = values.view(num * crop_h, crop_w, -1).to(dtype)
     weight_x = taps_x.matrix(crop_w)  # [R, out_w, crop_w]
     out_w = weight_x.shape[1]
     weight_x = weight_x[:, None].expand(num, crop_h, out_w, crop_w).reshape(num * crop_h, out_w, crop_w)
