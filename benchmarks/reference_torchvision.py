@@ -1,41 +1,67 @@
-"""Time torchvision's ``fasterrcnn_resnet50_fpn`` and fpn's ``r50-fpn`` on the same images with the same weights.
+"""Time torchvision's Faster R-CNN against fpn's presets on the same images with the same weights.
 
 Runs in the reference venv (torchvision is never a dependency of fpn; see DEVELOPERS.md), from the repository
 root::
 
     /work/refvenv/v/bin/python benchmarks/reference_torchvision.py --threads 2 --size 800x1216 --runs 5
+    /work/refvenv/v/bin/python benchmarks/reference_torchvision.py --presets tiny-fpn --no-bf16 --runs 1  # quick
 
-torchvision's model is built as its COCO model is when weights are given,
-``FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)``, in eval mode,
-with the deterministic weights of the parity goldens (``tools/reference/deterministic_weights.py``: random
-initialisation gives a detector with no confident detections, which would time an untypical post-processing).
-Its state dict is saved to a temporary ``.pth`` and loaded by ``fpn.checkpoints.load_detector`` (layout
-detection and key conversion, FrozenBatchNorm eps 1e-5 as torchvision's default), so both run the same
-weights. Both resize nothing: their ``min_size``/``max_size`` are set so the network sees exactly ``--size``.
+Pairs (``--presets``, default all four):
 
-1. Agreement: each image through both models once; the detections must be the same number, matched one to one
-   with the same labels and boxes within 0.01 px (in any order: equal scores may come out in either order; the
-   largest score difference is reported). A difference makes the exit status 1.
-2. Inference: ``--runs`` rounds after ``--warmup``; in each round every model runs every image (batch 1),
-   the models' order rotating from round to round so that a drift of the machine's speed hits all alike.
-   Medians and spread of the per-image times.
+* ``r50-fpn``: torchvision's model built as its COCO model is when weights are given,
+  ``FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)``, with the
+  deterministic weights of the parity goldens (``tools/reference/deterministic_weights.py``: random initialisation
+  gives a detector with no confident detections, which would time an untypical post-processing). Its state dict is
+  saved to a temporary ``.pth`` and loaded by ``fpn.checkpoints.load_detector`` (layout detection and key
+  conversion, FrozenBatchNorm eps 1e-5 as torchvision's default), so both run the same weights.
+* ``r18-fpn``, ``small-fpn``, ``tiny-fpn``: torchvision equivalents built from torchvision's own modules and ops
+  at the preset's shapes and settings (``torchvision_equivalents.py`` says how, and what cannot be expressed);
+  fpn's preset with seeded random weights (``torch.manual_seed(0)``) is loaded into them with strict key matching.
+
+``r50-fpn`` and ``r18-fpn`` see ``--size`` pixels; ``small-fpn`` and ``tiny-fpn`` see ``--small-size``, by
+default each preset's test size (``fpn.measure.eval_size``: 352x469, what ``fpn bench`` uses). Every model's
+``min_size``/``max_size`` are set so that the network sees exactly that size (no resize), in training too.
+
+1. Agreement, per pair: each image through torchvision's model and fpn's (plain, and optimized as ``fpn detect``
+   runs it); forward hooks compare the pyramid maps (P2..P6), the RPN's proposals and the box predictor's outputs,
+   and the detections must be the same number, matched one to one with the same labels and boxes within 0.01 px
+   (in any order: equal scores may come out in either order), as must the proposals. The trainable parameters
+   must be the same. A difference makes the exit status 1. fpn in bf16 (``optimize_for_inference(dtype=
+   torch.bfloat16)`` where that exists, else the fp32-optimized model under bf16 autocast) is checked loosely
+   against torchvision's fp32: how many detections match within 2 px with the same label (not expected exact).
+2. Inference: ``--runs`` rounds after ``--warmup``; in each round every model of every pair runs every image of its
+   size (batch 1), the models' order rotating from round to round so that a drift of the machine's speed hits all
+   alike. Medians and spread of the per-image times; "vs torchvision" is the pair's torchvision fp32 median over
+   the row's (bf16 rows included).
 3. Training step (forward + backward + SGD step, lr 0 so that every step does the same work, synthetic targets
-   from ``fpn.bench.synthetic_targets``) at ``--batch`` images of ``--size``, interleaved the same way, for
-   both r50 models and for fpn's ``tiny-fpn`` (no torchvision equivalent: reported on its own).
+   from ``fpn.bench.synthetic_targets``, the same for both models of a pair) at ``--batch`` images, both models of
+   every pair interleaved the same way.
+4. Peak memory of one training step, per model, each in a fresh process that builds the pair as above (both
+   models, so that both probes start from the same state) and runs one step of one model: the rise of the
+   resident-set high-water mark over the step, as ``fpn bench`` measures it (``fpn.measure.rss_peak_delta_mb``: the
+   first step, so gradients and momentum buffers count). That reading varies by tens of MB from process to
+   process, so ``--memory-runs`` processes per model (in rounds over all models) give a median and a range.
 
-Prints a Markdown table and writes it with a JSON record (machine, threads, exact command) to
-``benchmarks/results/reference_<date>.{md,json}``. Numbers are comparable only within one run on one machine.
+Prints Markdown tables and writes them with a JSON record (machine, threads, exact command) to
+``benchmarks/results/reference_<date>.{md,json}`` (``--out-dir``). Numbers are comparable only within one run on
+one machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
 import json
+import os
 import shlex
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,35 +75,70 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tools" / "reference"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from deterministic_weights import deterministic_state_dict, state_dict_shapes  # noqa: E402
 from make_detector_goldens import draw_image  # noqa: E402
+from torchvision_equivalents import (  # noqa: E402
+    compare,
+    fit_torchvision_input,
+    load_fpn_weights,
+    torchvision_detector,
+    trainable_names,
+)
 
 from fpn.bench import fit_input, format_size, parse_size, spread, synthetic_targets  # noqa: E402
 from fpn.checkpoints import load_detector  # noqa: E402
 from fpn.data.images import pil_to_tensor  # noqa: E402
 from fpn.detection import FasterRCNN as OurFasterRCNN  # noqa: E402
-from fpn.measure import machine_info  # noqa: E402
+from fpn.measure import eval_size, machine_info, rss_peak_delta_mb  # noqa: E402
 from fpn.presets import preset  # noqa: E402
 
 BOX_TOLERANCE_PX = 0.01
+BF16_TOLERANCE_PX = 2.0
 IMAGE_SEEDS = (11, 22, 33, 44, 55, 66)
+PRESETS = ("r50-fpn", "r18-fpn", "small-fpn", "tiny-fpn")
+LARGE_PRESETS = ("r50-fpn", "r18-fpn")  # COCO-sized: --size; the others: --small-size
+SEED = 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default: %(default)s)")
-    parser.add_argument("--size", default="800x1216", help="HEIGHTxWIDTH the networks see (default: %(default)s)")
+    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated pairs (default: %(default)s)")
+    parser.add_argument("--size", default="800x1216", help="HEIGHTxWIDTH for r50/r18-fpn (default: %(default)s)")
+    parser.add_argument(
+        "--small-size", default=None, help="HEIGHTxWIDTH for small/tiny-fpn (default: each preset's test size)"
+    )
     parser.add_argument("--images", type=int, default=3, help="test images, at most 6 (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=5, help="timed inference rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=2, help="images per training step (default: %(default)s)")
     parser.add_argument("--train-runs", type=int, default=3, help="timed training steps (default: %(default)s)")
-    parser.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
+    parser.add_argument("--no-infer", action="store_true", help="skip the inference timing (checks still run)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step timing")
+    parser.add_argument("--no-memory", action="store_true", help="skip the training-step peak memory")
+    parser.add_argument(
+        "--memory-runs", type=int, default=3, help="probe processes per model; the median is reported (default: 3)"
+    )
+    parser.add_argument("--no-bf16", action="store_true", help="skip fpn's bf16 inference (check and timing)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results", help="where results go")
+    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: the memory subprocess's job
     args = parser.parse_args(argv)
     if not 1 <= args.images <= len(IMAGE_SEEDS):
         parser.error(f"--images must be 1..{len(IMAGE_SEEDS)}")
+    if args.memory_runs < 1:
+        parser.error("--memory-runs must be at least 1")
+    args.presets = [name.strip() for name in args.presets.split(",") if name.strip()]
+    unknown = [name for name in args.presets if name not in PRESETS]
+    if unknown or not args.presets:
+        parser.error(f"--presets: choose among {', '.join(PRESETS)} (got {', '.join(unknown) or 'none'})")
     return args
+
+
+def preset_size(name: str, args: argparse.Namespace) -> tuple[int, int]:
+    if name in LARGE_PRESETS:
+        return parse_size(args.size)
+    return parse_size(args.small_size) if args.small_size else eval_size(preset(name))
 
 
 # ------------------------------------------------------------------------------------------------------- models
@@ -105,49 +166,52 @@ def our_model(reference: torch.nn.Module, height: int, width: int) -> torch.nn.M
     return model.eval()
 
 
-def tiny_model(height: int, width: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = OurFasterRCNN(preset("tiny-fpn"))
+def preset_model(name: str, height: int, width: int) -> torch.nn.Module:
+    """fpn's preset with seeded random weights (the same weights at every call)."""
+    torch.manual_seed(SEED)
+    model = OurFasterRCNN(preset(name))
     fit_input(model, height, width)
     return model.eval()
 
 
-# ------------------------------------------------------------------------------------------------------ checks
-def agreement(reference: torch.nn.Module, ours: torch.nn.Module, images: list[torch.Tensor]) -> dict[str, Any]:
-    """Run each image through both models: the same detections (count, labels, boxes within tolerance)?
+@dataclass
+class Pair:
+    """A preset's torchvision model and fpn model, with the same weights, and the images of their size."""
 
-    Detections are matched as sets, one to one (same label, every coordinate within the tolerance): two
-    detections with equal scores can come out in either order, as the last bit of a convolution depends on
-    the thread count. ``reordered`` counts the positions where the two lists differ in order only.
-    """
-    per_image = []
-    for image in images:
-        with torch.inference_mode():
-            theirs = reference([image])[0]
-            mine = ours([image])[0]
-        distance = torch.cdist(theirs["boxes"].double(), mine["boxes"].double(), p=float("inf"))
-        distance[theirs["labels"][:, None] != mine["labels"][None, :]] = float("inf")
-        used: set[int] = set()
-        largest, score_diff = 0.0, 0.0
-        for i in range(len(theirs["boxes"])):
-            candidates = [j for j in distance[i].argsort().tolist() if j not in used]
-            if candidates and distance[i, candidates[0]] <= BOX_TOLERANCE_PX:
-                j = candidates[0]
-                used.add(j)
-                largest = max(largest, float(distance[i, j]))
-                score_diff = max(score_diff, abs(float(theirs["scores"][i] - mine["scores"][j])))
-        count = len(theirs["boxes"])
-        record: dict[str, Any] = {
-            "torchvision": count,
-            "fpn": len(mine["boxes"]),
-            "matched": len(used),
-            "reordered": 0 if len(mine["boxes"]) != count else int((distance.diagonal() > BOX_TOLERANCE_PX).sum()),
-            "max_box_diff_px": largest,
-            "max_score_diff": score_diff,
-        }
-        record["agree"] = record["fpn"] == count == len(used)
-        per_image.append(record)
-    return {"agree": all(r["agree"] for r in per_image), "tolerance_px": BOX_TOLERANCE_PX, "images": per_image}
+    preset: str
+    size: tuple[int, int]
+    images: list[torch.Tensor]
+    reference: torch.nn.Module
+    ours: torch.nn.Module
+
+    def fresh_fpn(self) -> torch.nn.Module:
+        """Another fpn model with the same weights (to optimize: optimizing changes a model for good)."""
+        if self.preset == "r50-fpn":
+            return our_model(self.reference, *self.size)
+        return preset_model(self.preset, *self.size)
+
+
+def build_pair(name: str, size: tuple[int, int], image_count: int) -> Pair:
+    height, width = size
+    images = [pil_to_tensor(draw_image(height, width, seed)) for seed in IMAGE_SEEDS[:image_count]]
+    if name == "r50-fpn":
+        reference = torchvision_model(height, width)
+        return Pair(name, size, images, reference, our_model(reference, height, width))
+    ours = preset_model(name, height, width)
+    reference = torchvision_detector(preset(name))
+    load_fpn_weights(reference, ours)
+    fit_torchvision_input(reference, height, width)
+    return Pair(name, size, images, reference.eval(), ours)
+
+
+def bf16_model(pair: Pair) -> tuple[torch.nn.Module, Callable[[], Any], str]:
+    """fpn in bf16: ``optimize_for_inference(dtype=bfloat16)`` if it has that argument, else autocast."""
+    model = pair.fresh_fpn()
+    if "dtype" in inspect.signature(model.optimize_for_inference).parameters:
+        model.optimize_for_inference(dtype=torch.bfloat16)
+        return model, contextlib.nullcontext, "optimize_for_inference(dtype=torch.bfloat16)"
+    model.optimize_for_inference()
+    return model, lambda: torch.autocast("cpu", dtype=torch.bfloat16), "optimize_for_inference() + bf16 autocast"
 
 
 # ------------------------------------------------------------------------------------------------------ timing
@@ -167,9 +231,11 @@ def interleaved(tasks: dict[str, list[Callable[[], Any]]], *, runs: int, warmup:
     return times
 
 
-def infer_call(model: torch.nn.Module, image: torch.Tensor) -> Callable[[], Any]:
+def infer_call(
+    model: torch.nn.Module, image: torch.Tensor, context: Callable[[], Any] = contextlib.nullcontext
+) -> Callable[[], Any]:
     def call() -> Any:
-        with torch.inference_mode():
+        with torch.inference_mode(), context():
             return model([image])
 
     return call
@@ -183,7 +249,7 @@ def train_call(
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
 
     def call() -> None:
-        torch.manual_seed(0)  # the same sampled anchors and RoIs at every step
+        torch.manual_seed(SEED)  # the same sampled anchors and RoIs at every step
         losses = model(images, targets)
         sum(losses.values()).backward()
         optimizer.step()
@@ -192,89 +258,237 @@ def train_call(
     return call
 
 
-def summarize(times: list[float], images_per_call: int) -> dict[str, Any]:
+def training_inputs(pair: Pair, batch: int) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    images = [pair.images[i % len(pair.images)] for i in range(batch)]
+    return images, synthetic_targets(batch, *pair.size, pair.ours.config.num_classes, seed=SEED)
+
+
+def summarize(times: list[float], images_per_call: int, **meta: Any) -> dict[str, Any]:
     stats = spread(times)
     stats["images_per_s"] = images_per_call / stats["median_s"]
-    return stats
+    return {**meta, **stats}
+
+
+# ------------------------------------------------------------------------------------------------------ memory
+def memory_probe_process(job_json: str) -> int:
+    """Subprocess: build the pair as the main process does, one training step of one model, print its peak."""
+    job = json.loads(job_json)
+    torch.set_num_threads(job["threads"])
+    pair = build_pair(job["preset"], tuple(job["size"]), job["images"])
+    model = pair.reference if job["which"] == "torchvision" else pair.ours
+    step = train_call(model, *training_inputs(pair, job["batch"]))
+    peak_mb, method = rss_peak_delta_mb(step)
+    print(json.dumps({"peak_mb": peak_mb, "method": method}))
+    return 0
+
+
+def probe_memory(pair: Pair, which: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one probe process (:func:`memory_probe_process`): ``{"peak_mb": MB or None, "method": ...}``."""
+    job = {"preset": pair.preset, "which": which, "size": list(pair.size), "images": args.images}
+    job.update(batch=args.batch, threads=args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    result = subprocess.run(
+        [sys.executable, __file__, "--memory-probe", json.dumps(job)], capture_output=True, text=True, env=env
+    )
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"peak memory of {which} {pair.preset} not measured: {tail}", file=sys.stderr)
+        return {"peak_mb": None, "method": f"failed: {tail[:200]}"}
+
+
+def peak_memory(pairs: list[Pair], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--memory-runs`` probes per model, in rounds over every model; the median of each model's peaks."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for _ in range(args.memory_runs):
+        for pair in pairs:
+            for which in ("torchvision", "fpn"):
+                runs.setdefault((pair.preset, which), []).append(probe_memory(pair, which, args))
+    memory: dict[str, dict[str, Any]] = {}
+    for (name, which), probes in runs.items():
+        peaks = [probe["peak_mb"] for probe in probes if probe["peak_mb"] is not None]
+        memory.setdefault(name, {})[which] = {
+            "peak_mb": statistics.median(peaks) if peaks else None,
+            "peak_mb_runs": [probe["peak_mb"] for probe in probes],
+            "method": probes[-1]["method"],
+        }
+    return memory
 
 
 # ------------------------------------------------------------------------------------------------------ report
+def check_line(check: dict[str, Any]) -> str:
+    images = check["images"]
+    worst = max((r["max_box_diff_px"] for r in images), default=0.0)
+    counts = ", ".join(f"{r['torchvision']}/{r['fpn']}/{r['matched']}" for r in images)
+    scores = max((r["max_score_diff"] for r in images), default=0.0)
+    reordered = sum(r["reordered"] for r in images)
+    props = ", ".join(f"{p['torchvision']}/{p['fpn']}/{p['matched']}" for p in (r["proposals"] for r in images))
+    prop_diff = max((r["proposals"]["max_diff_px"] for r in images), default=0.0)
+    predictor = check["predictor_max_abs_diff"]
+    if check.get("loose"):
+        matched, total = sum(r["matched"] for r in images), sum(r["torchvision"] for r in images)
+        verdict = f"{matched} of {total} torchvision fp32 detections matched (loose check)"
+    else:
+        verdict = f"detections {'agree' if check['agree'] else 'DIFFER'}"
+    return (
+        f"{verdict} (torchvision/fpn/matched per image: {counts}; largest box difference {worst:.2g} px, "
+        f"tolerance {check['tolerance_px']} px; largest score difference {scores:.2g}; {reordered} detections in "
+        f"another order among equal scores). Proposals torchvision/fpn/matched: {props} (largest difference "
+        f"{prop_diff:.2g} px). Pyramid maps: largest difference {check['features_max_abs_diff']:.2g} (largest value "
+        f"{check['features_max_abs']:.3g}). Box predictor outputs: largest difference "
+        + ("not compared (proposals differ)" if predictor is None else f"{predictor:.2g}")
+        + "."
+    )
+
+
+def memory_cell(measured: dict[str, Any]) -> str:
+    peaks = [peak for peak in measured["peak_mb_runs"] if peak is not None]
+    if not peaks:
+        return "failed"
+    spread_mb = f" [{min(peaks):.0f}-{max(peaks):.0f}]" if len(peaks) > 1 else ""
+    return f"{measured['peak_mb']:.0f}{spread_mb}"
+
+
 def markdown(record: dict[str, Any]) -> str:
     machine = record["machine"]
+    sizes = ", ".join(f"{name} {size}" for name, size in record["sizes"].items())
     lines = [
         f"# fpn vs torchvision, {record['date']}",
         "",
         f"`{record['command']}`",
         "",
         f"{machine['cpu']} ({machine['usable_cores']} usable cores), {record['threads']} thread(s), "
-        f"torch {machine['torch']}, torchvision {machine['torchvision']}; input {record['size']}, "
-        f"{record['images']} images, load average {machine.get('load_average_1m', float('nan')):.2f} at the end.",
+        f"torch {machine['torch']}, torchvision {machine['torchvision']}; inputs: {sizes}; {record['images']} "
+        f"images, training steps of {record['batch']}; load average "
+        f"{machine.get('load_average_1m', float('nan')):.2f} at the end.",
         "",
-        "| model | task | median s | min s | max s | IQR s | images/s | vs torchvision |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | task | input | median s | min s | max s | IQR s | images/s | vs torchvision |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for task, unit in (("infer", "per image"), ("train", f"per step of {record.get('batch')}")):
         results = record.get(task) or {}
-        base = results.get("torchvision r50-fpn")
         for name, stats in results.items():
-            ratio = f"{base['median_s'] / stats['median_s']:.2f}x" if base and "r50" in name else ""
+            base = results.get(stats["baseline"])
+            ratio = f"{base['median_s'] / stats['median_s']:.2f}x" if base and base is not stats else ""
             lines.append(
-                f"| {name} | {task} ({unit}) | {stats['median_s']:.3f} | {stats['min_s']:.3f} | {stats['max_s']:.3f} "
-                f"| {stats['iqr_s']:.3f} | {stats['images_per_s']:.3f} | {ratio} |"
+                f"| {name} | {task} ({unit}) | {stats['size']} | {stats['median_s']:.3f} | {stats['min_s']:.3f} "
+                f"| {stats['max_s']:.3f} | {stats['iqr_s']:.3f} | {stats['images_per_s']:.3f} | {ratio} |"
             )
-    for label, key in (("fpn", "agreement"), ("fpn optimized (BN folded, channels-last)", "agreement_optimized")):
-        check = record[key]
-        worst = max((r.get("max_box_diff_px", 0.0) for r in check["images"]), default=0.0)
-        counts = ", ".join(f"{r['torchvision']}/{r['fpn']}/{r['matched']}" for r in check["images"])
-        scores = max((r.get("max_score_diff", 0.0) for r in check["images"]), default=0.0)
-        reordered = sum(r["reordered"] for r in check["images"])
-        lines += [
-            "",
-            f"{label}: detections {'agree' if check['agree'] else 'DIFFER'} (torchvision/fpn/matched per image: "
-            f"{counts}; largest box difference {worst:.2g} px, tolerance {check['tolerance_px']} px; largest score "
-            f"difference {scores:.2g}; {reordered} detections in another order among equal scores).",
-        ]
     lines += [
         "",
-        "\"vs torchvision\" is torchvision's median time over fpn's (above 1: fpn is faster). Timings are "
-        "comparable only within one run on one machine.",
+        "\"vs torchvision\" is the torchvision model's median time over the row's (above 1: fpn is faster); bf16 rows "
+        "against torchvision in fp32. Timings are comparable only within one run on one machine.",
     ]
+    if record.get("memory"):
+        lines += [
+            "",
+            f"Peak memory of one training step ({record['batch']} images; each model in a fresh process; rise of the "
+            "resident-set high-water mark over the first step, as `fpn bench` measures it; median of "
+            f"{record['memory_runs']} processes, range in brackets):",
+            "",
+            "| preset | input | torchvision MB | fpn MB | fpn / torchvision |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for name, mem in record["memory"].items():
+            theirs, ours = mem["torchvision"]["peak_mb"], mem["fpn"]["peak_mb"]
+            ratio = f"{ours / theirs:.2f}" if theirs and ours is not None else ""
+            show = [memory_cell(mem[which]) for which in ("torchvision", "fpn")]
+            lines.append(f"| {name} | {record['sizes'][name]} | {show[0]} | {show[1]} | {ratio} |")
+    lines += ["", "## Checks", ""]
+    for name, checks in record["checks"].items():
+        lines.append(f"**{name}** ({checks['weights']}; {checks['trainable']}):")
+        lines.append("")
+        for label, key in (("fpn", "fpn"), ("fpn optimized", "optimized"), ("fpn bf16", "bf16")):
+            if checks.get(key):
+                detail = f" ({checks[key]['how']})" if "how" in checks[key] else ""
+                lines += [f"- {label}{detail}: " + check_line(checks[key]), ""]
+    if record.get("differences"):
+        lines += ["What differs between the pairs beyond rounding: " + record["differences"]]
     return "\n".join(lines) + "\n"
+
+
+DIFFERENCES = (
+    "torchvision's transform draws one number from torch's generator per training image even with one "
+    "`min_size` (fpn draws none), so the two sample other anchors and RoIs: the same amount of work. torchvision's "
+    "RPN minimum box size (1e-3 px) and RoI-heads minimum (1e-2 px) are hard-coded; every preset uses those values. "
+    "RoIAlign: torchvision's compiled kernel, fpn's pure-PyTorch one (same sampling, float rounding differs)."
+)
+
+
+# -------------------------------------------------------------------------------------------------------- main
+def run_checks(pair: Pair, args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pair's agreement checks, and the extra fpn models they built (optimized, bf16) for timing."""
+    print(f"checking {pair.preset} on {len(pair.images)} images of {format_size(pair.size)} ...", flush=True)
+    theirs, ours = trainable_names(pair.reference, torchvision=True), trainable_names(pair.ours, torchvision=False)
+    trainable = f"same {len(ours)} trainable tensors" if theirs == ours else f"TRAINABLE DIFFER: {theirs ^ ours}"
+    weights = (
+        "deterministic weights of the parity goldens, loaded into fpn by load_detector"
+        if pair.preset == "r50-fpn"
+        else "fpn's seeded random init loaded into torchvision, strict"
+    )
+    checks: dict[str, Any] = {"weights": weights, "trainable": trainable, "trainable_match": theirs == ours}
+    checks["fpn"] = compare(pair.reference, pair.ours, pair.images, BOX_TOLERANCE_PX)
+    optimized = pair.fresh_fpn().optimize_for_inference()  # what `fpn detect` runs
+    checks["optimized"] = compare(pair.reference, optimized, pair.images, BOX_TOLERANCE_PX)
+    extra = {"optimized": (optimized, contextlib.nullcontext)}
+    if not args.no_bf16:
+        model, context, how = bf16_model(pair)
+        checks["bf16"] = compare(pair.reference, model, pair.images, BF16_TOLERANCE_PX, context)
+        checks["bf16"].update(how=how, loose=True)
+        extra["optimized bf16"] = (model, context)
+    checks["agree"] = checks["trainable_match"] and checks["fpn"]["agree"] and checks["optimized"]["agree"]
+    return checks, extra
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_probe:
+        return memory_probe_process(args.memory_probe)
     torch.set_num_threads(args.threads)
-    height, width = parse_size(args.size)
     command = shlex.join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])])
 
-    images = [pil_to_tensor(draw_image(height, width, seed)) for seed in IMAGE_SEEDS[: args.images]]
-    reference = torchvision_model(height, width)
-    ours = our_model(reference, height, width)
-    optimized = our_model(reference, height, width).optimize_for_inference()  # what `fpn detect` runs
-    tiny = tiny_model(height, width)
-    print(f"checking detections on {len(images)} images of {format_size((height, width))} ...", flush=True)
-    check = agreement(reference, ours, images)
-    check_optimized = agreement(reference, optimized, images)
+    pairs = [build_pair(name, preset_size(name, args), args.images) for name in args.presets]
+    # Row name -> (pair, model, context of its calls); each row's "vs torchvision" baseline is its pair's first row.
+    checks, infer_models, meta = {}, {}, {}
+    for pair in pairs:
+        checks[pair.preset], extra = run_checks(pair, args)
+        infer_models[f"torchvision {pair.preset}"] = (pair, pair.reference, contextlib.nullcontext)
+        infer_models[f"fpn {pair.preset}"] = (pair, pair.ours, contextlib.nullcontext)
+        for label, (model, context) in extra.items():
+            infer_models[f"fpn {pair.preset} {label}"] = (pair, model, context)
+        meta[pair.preset] = {
+            "preset": pair.preset,
+            "size": format_size(pair.size),
+            "baseline": f"torchvision {pair.preset}",
+        }
 
-    print(f"inference: {args.warmup} + {args.runs} rounds ...", flush=True)
-    models = {"torchvision r50-fpn": reference, "fpn r50-fpn": ours, "fpn tiny-fpn": tiny}
-    infer_models = {**models, "fpn r50-fpn optimized": optimized}
-    tasks = {name: [infer_call(model, image) for image in images] for name, model in infer_models.items()}
-    infer_times = interleaved(tasks, runs=args.runs, warmup=args.warmup)
-    infer = {name: summarize(times, 1) for name, times in infer_times.items()}
+    infer = None
+    if not args.no_infer:
+        print(f"inference: {args.warmup} + {args.runs} rounds ...", flush=True)
+        tasks = {
+            name: [infer_call(model, image, context) for image in pair.images]
+            for name, (pair, model, context) in infer_models.items()
+        }
+        times = interleaved(tasks, runs=args.runs, warmup=args.warmup)
+        infer = {name: summarize(times[name], 1, **meta[infer_models[name][0].preset]) for name in tasks}
 
     train = None
     if not args.no_train:
         print(f"training steps: {args.warmup} + {args.train_runs} rounds of {args.batch} images ...", flush=True)
-        batch = [images[i % len(images)] for i in range(args.batch)]
-        classes = {name: 91 if "r50" in name else model.config.num_classes for name, model in models.items()}
-        tasks = {
-            name: [train_call(model, batch, synthetic_targets(args.batch, height, width, classes[name]))]
-            for name, model in models.items()
-        }
-        train_times = interleaved(tasks, runs=args.train_runs, warmup=args.warmup)
-        train = {name: summarize(times, args.batch) for name, times in train_times.items()}
+        tasks, presets = {}, {}
+        for pair in pairs:
+            images, targets = training_inputs(pair, args.batch)  # the same for both models of the pair
+            for label, model in (("torchvision", pair.reference), ("fpn", pair.ours)):
+                tasks[f"{label} {pair.preset}"] = [train_call(model, images, targets)]
+                presets[f"{label} {pair.preset}"] = pair.preset
+        times = interleaved(tasks, runs=args.train_runs, warmup=args.warmup)
+        train = {name: summarize(times[name], args.batch, **meta[presets[name]]) for name in tasks}
+
+    memory = None
+    if not args.no_memory:
+        print("peak memory of one training step, one process per model ...", flush=True)
+        memory = peak_memory(pairs, args)
 
     machine = machine_info()
     machine["torchvision"] = str(torchvision.__version__)
@@ -283,18 +497,25 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "machine": machine,
         "threads": args.threads,
-        "size": format_size((height, width)),
-        "images": len(images),
+        "size": args.size,
+        "sizes": {pair.preset: format_size(pair.size) for pair in pairs},
+        "presets": args.presets,
+        "images": args.images,
         "runs": args.runs,
         "warmup": args.warmup,
         "batch": args.batch,
         "train_runs": None if args.no_train else args.train_runs,
-        "weights": "tools/reference/deterministic_weights.py (the parity goldens' weights)",
-        "agreement": check,
-        "agreement_optimized": check_optimized,
+        "weights": "r50-fpn: tools/reference/deterministic_weights.py (the parity goldens' weights); others: "
+        f"fpn's preset initialisation after torch.manual_seed({SEED})",
+        "checks": checks,
         "infer": infer,
         "train": train,
+        "memory": memory,
+        "memory_runs": None if args.no_memory else args.memory_runs,
+        "differences": DIFFERENCES,
     }
+    if "r50-fpn" in checks:  # the record's earlier keys
+        record["agreement"], record["agreement_optimized"] = checks["r50-fpn"]["fpn"], checks["r50-fpn"]["optimized"]
     table = markdown(record)
     print(table)
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(table)
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"-> {stem}.md, {stem}.json")
-    return 0 if check["agree"] and check_optimized["agree"] else 1
+    return 0 if all(check["agree"] for check in checks.values()) else 1
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ class FasterRCNN(nn.Module):
         self.check_features = True
         self.optimized = False  # see optimize_for_inference
         self.compute_dtype = torch.float32  # the networks' dtype (bfloat16 after optimize_for_inference(bf16))
+        self.channels_last = False  # see use_channels_last
 
     def optimize_for_inference(self, dtype: torch.dtype = torch.float32) -> FasterRCNN:
         """Fold frozen BatchNorms into their convolutions and run channels-last, optionally in ``dtype``.
@@ -63,7 +64,7 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"optimize_for_inference supports float32 and bfloat16, not {dtype}")
         if self.config.backbone.norm == "frozen_bn":
             fold_frozen_batchnorms(self.backbone)
-        self.to(memory_format=torch.channels_last)
+        self.use_channels_last()
         if dtype != torch.float32:
             for network in (
                 self.backbone,
@@ -76,6 +77,17 @@ class FasterRCNN(nn.Module):
         self.compute_dtype = dtype
         self.optimized = True
         return self.eval()
+
+    def use_channels_last(self, enabled: bool = True) -> FasterRCNN:
+        """Keep weights and feature maps channels-last (NHWC) in memory, for training or inference.
+
+        oneDNN's CPU convolutions run NHWC directly, while NCHW maps are reordered at every call: on the
+        2-core machine of benchmarks/ a 3x3 256->256 convolution is ~2x faster forward and backward. The
+        results are the same to float rounding; state dicts keep their keys and shapes.
+        """
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = enabled
+        return self
 
     def train(self, mode: bool = True) -> FasterRCNN:
         if mode and getattr(self, "optimized", False):
@@ -90,7 +102,7 @@ class FasterRCNN(nn.Module):
 
     def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""
-        if self.optimized:
+        if self.channels_last:
             tensors = tensors.to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
         bottom_up = self.backbone(tensors)
         pyramid = self.pyramid(bottom_up)
