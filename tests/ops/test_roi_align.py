@@ -266,3 +266,23 @@ def test_huge_rois_over_the_whole_map_match_the_reference():
     for ratio in (2, 0):
         expected = roi_align_reference(features, rois, 5, 5, 0.5, ratio, False)
         torch.testing.assert_close(roi_align(features, rois, 5, 0.5, ratio), expected)
+
+
+def test_levels_pool_into_one_result_with_the_same_values_and_gradients():
+    from fpn.ops.roi_align import roi_align_levels
+
+    gen = torch.Generator().manual_seed(6)
+    maps = [torch.randn(2, 3, 12, 16, generator=gen, requires_grad=True), torch.randn(2, 3, 6, 8, generator=gen)]
+    maps[1].requires_grad_()
+    rois = [make_rois(gen, 5, 2, 64.0, 48.0).float(), make_rois(gen, 4, 2, 64.0, 48.0).float()]
+    positions = [torch.tensor([0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24]), torch.arange(1, 24, 2)[:12]]
+    rows = sum(len(r) for r in rois) + 1  # the last row is filled by no level: zeros
+    got = roi_align_levels(maps, rois, positions, rows, (2, 3), [0.25, 0.125], 2, False)
+    expected = torch.zeros(rows, 3, 2, 3)
+    for level, scale in ((0, 0.25), (1, 0.125)):
+        expected = expected.index_copy(0, positions[level], roi_align(maps[level], rois[level], (2, 3), scale, 2))
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn(expected.shape, generator=gen)
+    torch.testing.assert_close(
+        torch.autograd.grad((got * weights).sum(), maps), torch.autograd.grad((expected * weights).sum(), maps)
+    )

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from fpn.errors import ModelBuildError
 from fpn.levels import Level, check_levels
 from fpn.ops.boxes import box_area
-from fpn.ops.roi_align import _pair, boxes_to_rois, roi_align
+from fpn.ops.roi_align import _pair, boxes_to_rois, roi_align_levels
 
 __all__ = ["MultiScaleRoIAlign", "assign_levels"]
 
@@ -51,9 +51,9 @@ class MultiScaleRoIAlign(nn.Module):
     Args:
         levels: the pyramid levels to pool from (consecutive, fine to coarse, equal channels).
         output_size: side of the pooled map, or ``(height, width)``.
-        sampling_ratio: samples per bin and axis for :func:`roi_align` (``<= 0``: adaptive).
+        sampling_ratio: samples per bin and axis for :func:`~fpn.ops.roi_align.roi_align` (``<= 0``: adaptive).
         canonical_size, canonical_level: ``224`` and ``k0 = 4`` of the paper's eq. 1.
-        aligned: passed to :func:`roi_align` (torchvision's pooler always uses ``False``).
+        aligned: passed to :func:`~fpn.ops.roi_align.roi_align` (torchvision's pooler always uses ``False``).
     """
 
     def __init__(
@@ -113,29 +113,18 @@ class MultiScaleRoIAlign(nn.Module):
         rois = boxes_to_rois(boxes).to(device=first.device) if len(boxes) else first.new_zeros(0, 5)
         level_index = self.assign(rois[:, 1:])
 
-        positions, pooled = [], []
-        for lv in self.levels:
-            where = torch.where(level_index == lv.index)[0]
-            if where.numel() == 0:
-                continue
-            positions.append(where)
-            pooled.append(
-                roi_align(
-                    features[lv.name],
-                    rois[where],
-                    self.output_size,
-                    spatial_scale=1.0 / lv.stride,
-                    sampling_ratio=self.sampling_ratio,
-                    aligned=self.aligned,
-                ).to(first.dtype)
-            )
-        out_h, out_w = self.output_size
-        result = first.new_zeros(rois.shape[0], first.shape[1], out_h, out_w)
-        if pooled:
-            # index_copy is out of place and differentiable: every RoI lands back at its input position.
-            result = result.index_copy(0, torch.cat(positions), torch.cat(pooled))
-        else:
-            result = result + first.flatten()[:0].sum()  # keep an empty result attached to the graph
+        # Every level pools straight into one result, each RoI into its input position.
+        wheres = [torch.where(level_index == lv.index)[0] for lv in self.levels]
+        result = roi_align_levels(
+            [features[lv.name] for lv in self.levels],
+            [rois[where] for where in wheres],
+            wheres,
+            rois.shape[0],
+            self.output_size,
+            [1.0 / lv.stride for lv in self.levels],
+            self.sampling_ratio,
+            self.aligned,
+        )
         return result, level_index
 
     def _check_features(self, features: Mapping[str, Tensor], num_images: int) -> None:
