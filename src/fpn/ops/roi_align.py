@@ -137,8 +137,7 @@ def roi_align_levels(
         # Keep the result attached to the graph so that a loss over zero RoIs still backpropagates (zeros).
         zeros = first.new_zeros(num_rois, first.shape[1], out_h, out_w)
         return zeros + sum(m.flatten()[:0].sum() for m in maps)
-    pooled = _PoolCrops.apply((num_rois, out_h, out_w), coord_dtype, jobs, *tables)  # [K, out_h, out_w, C]
-    return pooled.permute(0, 3, 1, 2)
+    return _PoolCrops.apply((num_rois, out_h, out_w), coord_dtype, jobs, *tables)
 
 
 def _level_jobs(
@@ -193,13 +192,13 @@ class _PoolCrops(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shape: tuple[int, int, int], dtype: torch.dtype, jobs: list, *tables: Tensor) -> Tensor:
         num, out_h, out_w = shape
-        pooled = tables[0].new_zeros(num, out_h, out_w, tables[0].shape[1])
+        # NCHW, contiguous: the box head flattens it without a copy (51 MB for 1024 RoIs of 256 x 7 x 7).
+        pooled = tables[0].new_zeros(num, tables[0].shape[1], out_h, out_w)
         for table, level_jobs in zip(tables, jobs):
             for job in level_jobs:
                 values = table.index_select(0, job.index.reshape(-1))
-                pooled[job.positions] = _weigh(values, job.taps_y, job.taps_x, job.index.shape[1:], dtype).to(
-                    pooled.dtype
-                )
+                bins = _weigh(values, job.taps_y, job.taps_x, job.index.shape[1:], dtype)
+                pooled[job.positions] = bins.permute(0, 3, 1, 2).to(pooled.dtype)
         ctx.jobs, ctx.dtype = jobs, dtype
         ctx.tables = [(table.shape, table.dtype) for table in tables]
         return pooled
@@ -213,8 +212,8 @@ class _PoolCrops(torch.autograd.Function):
             grad_table = grad.new_zeros(table_shape, dtype=ctx.dtype)
             for job in level_jobs:
                 crop_h, crop_w = job.index.shape[1:]
-                num, out_h, out_w, channels = len(job.positions), *grad.shape[1:]
-                g = grad[job.positions].to(ctx.dtype).reshape(num, out_h, out_w * channels)
+                num, channels, out_h, out_w = len(job.positions), *grad.shape[1:]
+                g = grad[job.positions].permute(0, 2, 3, 1).to(ctx.dtype).reshape(num, out_h, out_w * channels)
                 along_x = torch.bmm(job.taps_y.matrix(crop_h).transpose(1, 2), g)  # [R, crop_h, out_w * C]
                 weight_x = job.taps_x.matrix(crop_w).transpose(1, 2)  # [R, crop_w, out_w]
                 weight_x = weight_x[:, None].expand(num, crop_h, crop_w, out_w).reshape(num * crop_h, crop_w, out_w)
