@@ -109,6 +109,25 @@ def test_resume_after_interruption_gives_the_same_weights(train_only: Path, tmp_
     assert [r["loss"] for r in lines] == [r["loss"] for r in whole]
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no bf16 instructions")
+def test_amp_on_the_cpu_trains_in_bf16_and_channels_last_off_gives_the_same_losses(train_only: Path, tmp_path: Path):
+    from fpn.engine.train import amp_dtype
+
+    assert amp_dtype(torch.device("cpu")) == torch.bfloat16
+    overrides = ("train.iters=2", "train.batch_size=1", "train.log_every=1")
+    runs = {}
+    for name, extra in (("nhwc", ()), ("nchw", ("train.channels_last=false",)), ("bf16", ("train.amp=true",))):
+        train(run_config(train_only, *overrides, *extra), tmp_path / name, progress=False)
+        lines = (tmp_path / name / "log.jsonl").read_text().splitlines()
+        runs[name] = [json.loads(x)["loss"] for x in lines]
+    # Channels-last is a memory layout: the same losses to float rounding.
+    assert runs["nhwc"] == pytest.approx(runs["nchw"], rel=1e-4)
+    # bf16 autocast computes with 8-bit mantissas: close, and finite, but not equal.
+    assert all(math.isfinite(v) for v in runs["bf16"])
+    assert runs["bf16"] == pytest.approx(runs["nchw"], rel=0.05)
+    assert runs["bf16"] != runs["nchw"]
+
+
 def test_divergence_stops_with_a_clear_message(train_only: Path, tmp_path: Path) -> None:
     config = run_config(train_only, "train.iters=6", "train.lr=1e8", "train.warmup_iters=0", "train.checkpoint_every=1")
     with pytest.raises(TrainingDiverged) as info:

@@ -118,6 +118,17 @@ def _collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any], int]]) -> tuple
     return [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch]
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype for ``device``: fp16 on CUDA, bf16 on a CPU with bf16 instructions, else None."""
+    if device.type == "cuda":
+        return torch.float16
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if device.type == "cpu" and supported is not None and supported():
+        return torch.bfloat16
+    logger.warning("train.amp: this %s has no bf16 support; training in fp32", device.type)
+    return None
+
+
 def _to_device(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in target.items()}
 
@@ -334,15 +345,16 @@ def _train(
     model.transform.generator = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    if cfg.amp and not use_amp:
-        logger.warning("train.amp is ignored on the CPU")
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    if cfg.channels_last:
+        model.use_channels_last()
+    amp = amp_dtype(device) if cfg.amp else None
+    # Loss scaling is for fp16's narrow range; bf16 has fp32's exponent and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     state = _State()
     if checkpoint is not None:
         load_matching(model, checkpoint["model"], source=str(run_dir / "last.pt"), what="the run's detector")
         optimizer.load_state_dict(checkpoint["optimizer"])
-        if use_amp and checkpoint.get("scaler"):
+        if scaler.is_enabled() and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
         iteration = int(checkpoint["iteration"])
         state = _State(iteration, float(checkpoint.get("elapsed", 0.0)), iteration)
@@ -374,7 +386,7 @@ def _train(
             f" ({info.world_size} processes)" if info.distributed else "", run_dir,
         )  # fmt: skip
 
-    loop = _Loop(config, model, train_model, optimizer, scaler, device, info, log, sampler, total, budget, use_amp)
+    loop = _Loop(config, model, train_model, optimizer, scaler, device, info, log, sampler, total, budget, amp)
 
     last_eval: dict[str, Any] | None = None
     try:
@@ -409,7 +421,7 @@ class _Loop:
     sampler: ddp.ShardedBatchSampler
     total: int | None  # iterations of the run; None for a minutes-only budget
     budget: float | None  # seconds
-    amp: bool
+    amp: torch.dtype | None  # autocast to this dtype (mixed precision), or None
 
     def __post_init__(self) -> None:
         self.cfg = self.config.train
@@ -523,7 +535,7 @@ class _Loop:
             weight = len(chunk) / len(images)
             sync = n == len(chunks) - 1 or not isinstance(self.train_model, nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                with torch.autocast(device.type, dtype=torch.float16) if self.amp else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
                     losses = self.train_model([images[i] for i in chunk], [targets[i] for i in chunk])
                 self.scaler.scale(sum(losses.values()) * weight).backward()
             for key, value in losses.items():
@@ -541,7 +553,7 @@ class _Loop:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if not math.isfinite(grad_norm) and not self.amp:  # with AMP the scaler skips such steps and backs off
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # the scaler skips such steps, backs off
             self.diverged(iteration + 1, f"the gradient norm is {grad_norm}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -567,7 +579,7 @@ class _Loop:
             run_config=self.config.to_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler={"kind": self.cfg.schedule, "iteration": state.iteration, "progress": progress},
-            scaler=self.scaler.state_dict() if self.amp else {},
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
             iteration=state.iteration,
             elapsed=state.elapsed,
             world_size=self.info.world_size,
