@@ -35,9 +35,11 @@ default each preset's test size (``fpn.measure.eval_size``: 352x469, what ``fpn 
    the row's (bf16 rows included).
 3. Training step (forward + backward + SGD step, lr 0 so that every step does the same work, synthetic targets
    from ``fpn.bench.synthetic_targets``, the same for both models of a pair) at ``--batch`` images, both models of
-   every pair interleaved the same way.
+   every pair interleaved the same way; fpn channels-last, as ``fpn train`` runs by default. Unless ``--no-bf16``,
+   both also under bf16 autocast (``fpn train``'s ``train.amp=true`` on the CPU; torchvision's model under the same
+   autocast, so that the precision's own gain is visible).
 4. Peak memory of one training step, per model, each in a fresh process that builds the pair as above (both
-   models, so that both probes start from the same state) and runs one step of one model: the rise of the
+   models, so that both probes start from the same state) and runs one fp32 step of one model: the rise of the
    resident-set high-water mark over the step, as ``fpn bench`` measures it (``fpn.measure.rss_peak_delta_mb``: the
    first step, so gradients and momentum buffers count). That reading varies by tens of MB from process to
    process, so ``--memory-runs`` processes per model (in rounds over all models) give a median and a range.
@@ -120,7 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-runs", type=int, default=3, help="probe processes per model; the median is reported (default: 3)"
     )
-    parser.add_argument("--no-bf16", action="store_true", help="skip fpn's bf16 inference (check and timing)")
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="skip the bf16 rows (fpn's bf16 inference, bf16 autocast training)"
+    )
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results", help="where results go")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: the memory subprocess's job
     args = parser.parse_args(argv)
@@ -242,15 +246,22 @@ def infer_call(
 
 
 def train_call(
-    model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+    amp: bool = False,
 ) -> Callable[[], None]:
-    """One training step, the same code for every model (fpn.bench's step: SGD with lr 0)."""
+    """One training step, the same code for every model (fpn.bench's step: SGD with lr 0).
+
+    ``amp``: the forward pass under bf16 autocast (what ``fpn train`` runs on the CPU with ``train.amp=true``).
+    """
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
 
     def call() -> None:
         torch.manual_seed(SEED)  # the same sampled anchors and RoIs at every step
-        losses = model(images, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            losses = model(images, targets)
         sum(losses.values()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -275,7 +286,7 @@ def memory_probe_process(job_json: str) -> int:
     job = json.loads(job_json)
     torch.set_num_threads(job["threads"])
     pair = build_pair(job["preset"], tuple(job["size"]), job["images"])
-    model = pair.reference if job["which"] == "torchvision" else pair.ours
+    model = pair.reference if job["which"] == "torchvision" else pair.ours.use_channels_last()  # as `fpn train`
     step = train_call(model, *training_inputs(pair, job["batch"]))
     peak_mb, method = rss_peak_delta_mb(step)
     print(json.dumps({"peak_mb": peak_mb, "method": method}))
@@ -479,8 +490,16 @@ def main(argv: list[str] | None = None) -> int:
         tasks, presets = {}, {}
         for pair in pairs:
             images, targets = training_inputs(pair, args.batch)  # the same for both models of the pair
-            for label, model in (("torchvision", pair.reference), ("fpn", pair.ours)):
-                tasks[f"{label} {pair.preset}"] = [train_call(model, images, targets)]
+            pair.ours.use_channels_last()  # what `fpn train` runs (train.channels_last defaults to true)
+            for label, model, amp in (
+                ("torchvision", pair.reference, False),
+                ("fpn", pair.ours, False),
+                ("torchvision bf16 autocast", pair.reference, True),
+                ("fpn bf16 autocast", pair.ours, True),
+            ):
+                if amp and args.no_bf16:
+                    continue
+                tasks[f"{label} {pair.preset}"] = [train_call(model, images, targets, amp)]
                 presets[f"{label} {pair.preset}"] = pair.preset
         times = interleaved(tasks, runs=args.train_runs, warmup=args.warmup)
         train = {name: summarize(times[name], args.batch, **meta[presets[name]]) for name in tasks}

@@ -96,7 +96,7 @@ class BenchOptions:
     peak_gflops: float | None = None  # a known peak rate (GFLOP/s): skips measuring it
     peak_scale: float = 1.0  # linear size of the peak kernels relative to the defaults (tests shrink them)
     seed: int = 0
-    exact: bool = False  # infer: skip optimize_for_inference (BN folding, channels-last)
+    exact: bool = False  # infer: skip optimize_for_inference (BN folding, channels-last); train: stay NCHW
 
     def validate(self) -> None:
         """Reject values no measurement can use, naming the option."""
@@ -464,6 +464,8 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
     if options.mode == "infer" and not options.exact:
         # What `fpn detect` runs: same results to rounding in fp32 (parity tests); weights cast once in bf16.
         model.optimize_for_inference(torch.bfloat16 if options.precision == "bf16" else torch.float32)
+    elif options.mode == "train" and not options.exact:
+        model.use_channels_last()  # what `fpn train` runs (train.channels_last defaults to true)
     size = options.size or default_size(model)
     fit_input(model, *size)
     model.to(device)

@@ -53,7 +53,7 @@ def add_parser(subparsers) -> None:
         default="fp32",
         help="bf16: bfloat16 weights for optimized inference, autocast for --exact and training (default: fp32)",
     )
-    p.add_argument("--exact", action="store_true", help="infer: time the model as loaded, without BN folding")
+    p.add_argument("--exact", action="store_true", help="time the model as loaded: no BN folding (infer), NCHW (train)")
     p.add_argument("--batch", type=int, help="images per iteration (default: 1 for infer, 2 for train)")
     p.add_argument("--runs", type=int, default=5, help="timed iterations (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: %(default)s)")
