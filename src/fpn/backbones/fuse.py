@@ -16,8 +16,7 @@ from fpn.backbones.norms import FrozenBatchNorm2d
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     """A convolution equal to ``bn(conv(x))`` for a frozen ``bn``."""
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
-    shift = bn.bias - bn.running_mean * scale
+    scale, shift = bn.scale_shift()
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,11 +34,32 @@ class FrozenBatchNorm2d(nn.Module):
         state_dict.pop(prefix + "num_batches_tracked", None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected, errors)
 
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)`` ``[C]``: this layer computes ``x * scale + shift`` per channel."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The same arithmetic, in the same order, as torchvision, so results agree to the last bit.
-        scale = self.weight.reshape(1, -1, 1, 1) * (self.running_var.reshape(1, -1, 1, 1) + self.eps).rsqrt()
-        shift = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
-        return x * scale + shift
+        scale, shift = self.scale_shift()
+        return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))``; in training, a frozen BatchNorm is folded into the convolution on the fly.
+
+    ``conv(x) * s + t`` equals a convolution with weights ``W * s`` and bias ``t``: scaling the (small)
+    weights each step replaces two passes over the (large) feature map forward and one backward, and the
+    gradient reaches ``W`` through the product (``grad * s``), exactly as through the BatchNorm. In eval
+    mode the layers run separately, with torchvision's arithmetic (the parity path);
+    ``FasterRCNN.optimize_for_inference`` folds them once and for all.
+    """
+    if not (norm.training and isinstance(norm, FrozenBatchNorm2d)):
+        return norm(conv(x))
+    scale, shift = norm.scale_shift()
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fpn.backbones.norms import make_norm
+from fpn.backbones.norms import conv_norm, make_norm
 from fpn.levels import Level, level
 
 # Blocks per stage for each depth, and whether the depth uses bottleneck blocks.
@@ -66,9 +66,9 @@ class BasicBlock(nn.Module):
         self.downsample = _projection(cin, planes, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = conv_norm(self.conv2, self.bn2, out)
         out += identity  # in place: a fresh map per block costs a full write (and page faults) on the CPU
         return self.relu(out)
 
@@ -90,10 +90,10 @@ class Bottleneck(nn.Module):
         self.downsample = _projection(cin, planes * 4, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        out = self.relu(conv_norm(self.conv1, self.bn1, x))
+        out = self.relu(conv_norm(self.conv2, self.bn2, out))
+        out = conv_norm(self.conv3, self.bn3, out)
         out += identity  # in place: nothing saved for backward reads the norm's output
         return self.relu(out)
 
@@ -194,7 +194,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: [N, 3, H, W] normalised images -> ``{"c2": ..., "c5": ...}`` (shapes in the class docstring)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
         out = {}
         for lv in self.levels:
             x = getattr(self, f"layer{lv.index - 1}")(x)

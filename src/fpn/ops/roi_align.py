@@ -10,8 +10,9 @@ hold every sample's bilinear weights along one axis (built from per-axis taps, `
 each map pixel of the crop is read once, with all channels, from a ``[N * H * W, C]`` view of the
 features, instead of once per sample corner (784 reads for a 7x7 output with 2x2 samples, against a
 crop of typically 16x16 for RoIs on their FPN level), and the weighting is two batched matrix products.
-RoIs are grouped by padded crop size so that one chunk is one gather. Autograd differentiates through the
-gather (a scatter-add in backward), which is what torchvision's backward kernel does by hand.
+RoIs are grouped by padded crop size so that one chunk is one gather. The backward pass is written by hand
+(:class:`_PoolCrops`), as torchvision's kernel is: the transposed products, then a scatter-add of each chunk
+into one gradient map per level, so that neither pass holds more than one chunk of crops.
 """
 
 from __future__ import annotations
