@@ -87,6 +87,8 @@ def test_add_upsampled_equals_interpolate_and_add_with_gradients(size, channels_
     expected = lateral_in * 2 + nearest_up(coarse, size)
     got = add_upsampled(lateral_in * 2, coarse)  # the lateral is a fresh map, as a convolution's output is
     assert torch.equal(got, expected)
+    with torch.no_grad():  # the in-place block path
+        assert torch.equal(add_upsampled(lateral_in * 2, coarse), expected)
     weights = torch.randn(expected.shape)
     grads = torch.autograd.grad((expected * weights).sum(), (coarse, lateral_in))
     torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), (coarse, lateral_in)), grads)

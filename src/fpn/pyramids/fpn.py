@@ -50,14 +50,15 @@ def top_down(top: torch.Tensor, below: Sequence[tuple[torch.Size, torch.Tensor |
 def add_upsampled(lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     """``lateral + nearest_upsample(coarse, to lateral's size)``, written into ``lateral`` (``[N, C, H, W]``).
 
-    When the lateral is exactly twice the coarse map (every even input size), each coarse pixel is added
-    to its 2x2 block through a broadcasting view: no upsampled map is ever allocated (at P2 of an 800x1216
-    image that saves a 62 MB write). Odd sizes fall back to ``F.interpolate``, whose nearest rule
-    (``floor(i * in / out)``) equals the block rule when the ratio is exactly 2. The lateral is a fresh
-    convolution output that backward does not read, so the in-place add is safe under autograd.
+    Without autograd, when the lateral is exactly twice the coarse map (every even input size), each
+    coarse pixel is added to its 2x2 block through a broadcasting view: no upsampled map is ever allocated
+    (at P2 of an 800x1216 image that saves a 62 MB write). Otherwise ``F.interpolate``, whose nearest rule
+    (``floor(i * in / out)``) equals the block rule when the ratio is exactly 2; under autograd that path
+    is the cheaper one, as an in-place add into a view copies the whole gradient in backward.
     """
     (height, width), (top_h, top_w) = lateral.shape[-2:], coarse.shape[-2:]
-    if height == 2 * top_h and width == 2 * top_w:
+    tracked = torch.is_grad_enabled() and (lateral.requires_grad or coarse.requires_grad)
+    if height == 2 * top_h and width == 2 * top_w and not tracked:
         blocks = lateral.unflatten(3, (top_w, 2)).unflatten(2, (top_h, 2))  # [N, C, h, 2, w, 2]
         blocks += coarse[:, :, :, None, :, None]
         return lateral
