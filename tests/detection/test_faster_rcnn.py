@@ -286,11 +286,17 @@ def test_single_map_runs_once_in_eval():
     assert len(calls) == 1
 
 
-def test_bf16_autocast_keeps_boxes_and_scores_in_fp32():
-    torch.manual_seed(0)
+def two_class_micro():
+    """micro-fpn with two classes that keeps every detection (score threshold 0): comparisons see them all."""
     config = preset("micro-fpn")
     config.class_names = ["a", "b"]
     config.roi_heads.score_thresh = 0.0
+    return config
+
+
+def test_bf16_autocast_keeps_boxes_and_scores_in_fp32():
+    torch.manual_seed(0)
+    config = two_class_micro()
     model = FasterRCNN(config).eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model([torch.rand(3, 100, 140)])[0]
@@ -327,9 +333,7 @@ def test_optimized_for_inference_gives_the_same_detections(tmp_path):
 
 def test_bfloat16_inference_keeps_boxes_and_scores_in_float32_and_close_to_float32():
     torch.manual_seed(0)
-    config = preset("micro-fpn")
-    config.class_names = ["a", "b"]
-    config.roi_heads.score_thresh = 0.0
+    config = two_class_micro()
     reference = FasterRCNN(config).eval()
     model = FasterRCNN(config)
     model.load_state_dict(reference.state_dict())
