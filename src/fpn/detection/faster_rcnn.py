@@ -102,8 +102,9 @@ class FasterRCNN(nn.Module):
 
     def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""
+        tensors = tensors.to(self.compute_dtype)  # a no-op unless optimized for bf16
         if self.channels_last:
-            tensors = tensors.to(self.compute_dtype).contiguous(memory_format=torch.channels_last)
+            tensors = tensors.contiguous(memory_format=torch.channels_last)
         bottom_up = self.backbone(tensors)
         pyramid = self.pyramid(bottom_up)
         if self.check_features:
