@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fpn.backbones.norms import FrozenBatchNorm2d
+from fpn.backbones.norms import FrozenBatchNorm2d, folded_weight_bias
 
 
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
     """A convolution equal to ``bn(conv(x))`` for a frozen ``bn``."""
-    scale, shift = bn.scale_shift()
+    weight, bias = folded_weight_bias(conv, bn)
     fused = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
@@ -27,8 +27,7 @@ def fold_conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d) -> nn.Conv2d:
         groups=conv.groups,
         bias=True,
     ).to(conv.weight)
-    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias * scale + shift if conv.bias is not None else shift
+    fused.weight.copy_(weight)
     fused.bias.copy_(bias)
     fused.requires_grad_(False)
     return fused

@@ -56,10 +56,15 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     """
     if not (norm.training and isinstance(norm, FrozenBatchNorm2d)):
         return norm(conv(x))
+    weight, bias = folded_weight_bias(conv, norm)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def folded_weight_bias(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights ``W * s`` and bias ``t`` (plus ``b * s`` for a biased ``conv``) of ``norm(conv(x))`` as one conv."""
     scale, shift = norm.scale_shift()
     weight = conv.weight * scale.reshape(-1, 1, 1, 1)
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return weight, shift if conv.bias is None else conv.bias * scale + shift
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
