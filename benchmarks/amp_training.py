@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+from records import METRIC_KEYS, write_record  # benchmarks/records.py (this script's folder)
 
 from fpn.engine import train
 from fpn.engine.config import demo_config
 from fpn.measure import machine_info
 
-KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+KEYS = METRIC_KEYS
 
 
 def main() -> int:
@@ -70,12 +71,7 @@ def main() -> int:
         label = "fp32" if name == "fp32" else "bf16 autocast (train.amp=true)"
         lines.append(f"| {label} | " + " | ".join(f"{record[name][k]:.2f}" for k in KEYS) + " |")
     lines += ["", f"AP change amp - fp32: {record['amp']['AP'] - record['fp32']['AP']:+.2f} points (one run each)."]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"amp_training_{time.strftime('%Y-%m-%d')}"
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print("\n".join(lines))
-    print(f"-> {stem}.md, {stem}.json")
+    write_record(args.out_dir, "amp_training", lines, record)
     return 0
 
 

@@ -11,20 +11,20 @@ JSON to benchmarks/results/bf16_accuracy_<date>.{md,json}. Timings are per image
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
+from records import METRIC_KEYS, write_record  # benchmarks/records.py (this script's folder)
 
 from fpn.checkpoints import load_detector
 from fpn.data import load_dataset
 from fpn.engine.evaluate import evaluate
 from fpn.measure import machine_info
 
-KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+KEYS = METRIC_KEYS
 
 
 def main() -> int:
@@ -69,11 +69,7 @@ def main() -> int:
         lines.append(f"| {precision} | " + " | ".join(f"{row[k]:.2f}" for k in KEYS) + f" | {row['s_per_image']:.3f} |")
     change = rows["bf16"]["AP"] - rows["fp32"]["AP"]
     lines += ["", f"AP change bf16 - fp32: {change:+.2f} points."]
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"bf16_accuracy_{time.strftime('%Y-%m-%d')}"
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print("\n".join(lines))
+    write_record(args.out_dir, "bf16_accuracy", lines, record)
     return 0
 
 

@@ -80,6 +80,7 @@ sys.path.insert(0, str(REPO / "tools" / "reference"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from deterministic_weights import deterministic_state_dict, state_dict_shapes  # noqa: E402
 from make_detector_goldens import draw_image  # noqa: E402
+from records import write_record  # noqa: E402  (benchmarks/records.py, this script's folder)
 from torchvision_equivalents import (  # noqa: E402
     compare,
     fit_torchvision_input,
@@ -535,13 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if "r50-fpn" in checks:  # the record's earlier keys
         record["agreement"], record["agreement_optimized"] = checks["r50-fpn"]["fpn"], checks["r50-fpn"]["optimized"]
-    table = markdown(record)
-    print(table)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"reference_{time.strftime('%Y-%m-%d')}"
-    stem.with_suffix(".md").write_text(table)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"-> {stem}.md, {stem}.json")
+    write_record(args.out_dir, "reference", markdown(record).rstrip("\n").split("\n"), record)
     return 0 if all(check["agree"] for check in checks.values()) else 1
 
 
