@@ -24,6 +24,7 @@ from fpn.detection.roi_heads import RoIHeads
 from fpn.detection.rpn import RegionProposalNetwork
 from fpn.detection.transform import DetectionTransform
 from fpn.levels import check_features, describe
+from fpn.ops.winograd import use_winograd
 from fpn.pyramids import build_pyramid
 
 
@@ -50,15 +51,18 @@ class FasterRCNN(nn.Module):
         self.compute_dtype = torch.float32  # the networks' dtype (bfloat16 after optimize_for_inference(bf16))
         self.channels_last = False  # see use_channels_last
 
-    def optimize_for_inference(self, dtype: torch.dtype = torch.float32) -> FasterRCNN:
+    def optimize_for_inference(self, dtype: torch.dtype = torch.float32, winograd: bool = True) -> FasterRCNN:
         """Fold frozen BatchNorms into their convolutions and run channels-last, optionally in ``dtype``.
 
-        In float32 the results equal the unoptimized model's to float rounding (the torchvision parity test
-        runs both). ``dtype=torch.bfloat16`` stores the networks' weights in bfloat16 and runs them so (no
+        In float32 the detections equal the unoptimized model's (the torchvision parity test runs both).
+        ``winograd`` (float32 only) computes the 3x3 stride-1 convolutions of 128 channels or more with
+        Winograd F(4x4, 3x3) (:mod:`fpn.ops.winograd`): 4x fewer multiplications, float32 results that
+        differ from the direct convolution's by ~1e-5 of the map's range; pass ``False`` for the direct
+        convolutions. ``dtype=torch.bfloat16`` stores the networks' weights in bfloat16 and runs them so (no
         autocast: weights are cast once, not at every call), while anchors, RoIAlign's sampling, box
         decoding, scores and NMS stay in float32; its accuracy change is measured, not zero
-        (benchmarks/bf16_accuracy.py). The weights change shape, so an optimized model can neither train
-        nor be saved: load it again for that.
+        (benchmarks/bf16_accuracy.py); Winograd is not used there (bfloat16 cannot carry its transforms).
+        The weights change shape, so an optimized model can neither train nor be saved: load it again.
         """
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"optimize_for_inference supports float32 and bfloat16, not {dtype}")
@@ -66,17 +70,17 @@ class FasterRCNN(nn.Module):
             fold_frozen_batchnorms(self.backbone)
         self.use_channels_last()
         if dtype != torch.float32:
-            for network in (
-                self.backbone,
-                self.pyramid,
-                self.rpn.head,
-                self.roi_heads.box_head,
-                self.roi_heads.box_predictor,
-            ):
+            for network in self._networks():
                 network.to(dtype)
+        elif winograd:
+            use_winograd(self)  # one workspace for all layers: they run one after another
         self.compute_dtype = dtype
         self.optimized = True
         return self.eval()
+
+    def _networks(self) -> tuple[nn.Module, ...]:
+        """The parts that run on feature maps (everything but the transform and box post-processing)."""
+        return (self.backbone, self.pyramid, self.rpn.head, self.roi_heads.box_head, self.roi_heads.box_predictor)
 
     def use_channels_last(self, enabled: bool = True) -> FasterRCNN:
         """Keep weights and feature maps channels-last (NHWC) in memory, for training or inference.
