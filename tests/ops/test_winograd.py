@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fpn.ops.winograd as winograd_module
 from fpn.ops.winograd import WinogradConv2d, Workspace, transform_weight, use_winograd, winograd_conv3x3
+
+
+@pytest.fixture(params=[2048, 5], ids=["one-chunk", "chunks-of-5-tiles"])
+def chunking(request, monkeypatch):
+    """Every map in one chunk of tile rows (the default at these sizes) or in many (as large maps are)."""
+    monkeypatch.setattr(winograd_module, "TILES_PER_CHUNK", request.param)
+    return request.param
 
 
 def conv_case(seed: int, n: int, c: int, k: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -27,7 +35,7 @@ def conv_case(seed: int, n: int, c: int, k: int, h: int, w: int) -> tuple[torch.
         (1, 32, 16, 23, 41),
     ],
 )
-def test_equals_the_direct_convolution_to_float32_rounding(n, c, k, h, w):
+def test_equals_the_direct_convolution_to_float32_rounding(n, c, k, h, w, chunking):
     x, weight, bias = conv_case(n * h + w, n, c, k, h, w)
     reference = F.conv2d(x.double(), weight.double(), bias.double(), padding=1)
     direct = F.conv2d(x, weight, bias, padding=1)
@@ -40,13 +48,13 @@ def test_equals_the_direct_convolution_to_float32_rounding(n, c, k, h, w):
     assert winograd_error < 5e-5, (winograd_error, direct_error)
 
 
-def test_any_memory_format_in_channels_last_out():
+def test_either_memory_format_gives_the_same_result_in_that_format():
     x, weight, bias = conv_case(0, 2, 8, 8, 12, 9)
     transformed = transform_weight(weight)
     a = winograd_conv3x3(x, transformed, bias)
     b = winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), transformed, bias)
     assert torch.equal(a, b)
-    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert b.is_contiguous(memory_format=torch.channels_last) and a.is_contiguous()  # layout kept
 
 
 def test_workspace_is_reused_across_calls_and_smaller_shapes():
@@ -61,7 +69,7 @@ def test_workspace_is_reused_across_calls_and_smaller_shapes():
 
 
 def test_transform_weight_checks_the_kernel_size():
-    assert transform_weight(torch.randn(5, 3, 3, 3)).shape == (36, 5, 3, 1, 1)
+    assert transform_weight(torch.randn(5, 3, 3, 3)).shape == (36, 5, 3)
     with pytest.raises(ValueError, match="3x3"):
         transform_weight(torch.randn(5, 3, 5, 5))
 
@@ -78,11 +86,12 @@ def test_use_winograd_swaps_only_wide_3x3_stride_1_convolutions():
     assert use_winograd(model) == 2
     kinds = [type(m).__name__ for m in model]
     assert kinds == ["WinogradConv2d", "Conv2d", "Conv2d", "Conv2d", "Sequential", "Conv2d"]
+    assert all(isinstance(m, nn.Conv2d) for m in (model[0], model[4][0]))  # still convolutions to the rest
     assert isinstance(model[4][0], WinogradConv2d)
     assert model[0].workspace is model[4][0].workspace  # one workspace per model
 
 
-def test_module_matches_its_convolution_and_falls_back_where_it_must():
+def test_module_matches_its_convolution_and_small_maps_go_direct():
     torch.manual_seed(0)
     conv = nn.Conv2d(128, 128, 3, padding=1)
     swapped = WinogradConv2d(conv, Workspace())
@@ -92,8 +101,52 @@ def test_module_matches_its_convolution_and_falls_back_where_it_must():
         assert swapped.workspace.buffers != {}  # it ran the Winograd path
         tiny = torch.randn(1, 128, 4, 4)  # below min_pixels: the direct convolution, bit for bit
         assert torch.equal(swapped(tiny), conv(tiny))
-    # With gradients wanted, the direct convolution runs (and the gradient reaches the weight).
-    swapped(x).sum().backward()
-    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="3x3 stride-1"):
         WinogradConv2d(nn.Conv2d(128, 128, 3, stride=2, padding=1), Workspace())
+
+
+@pytest.mark.parametrize("n, c, k, h, w", [(1, 3, 2, 5, 6), (2, 2, 3, 9, 4), (1, 2, 2, 14, 9)])
+def test_backward_is_the_exact_adjoint_of_the_forward(n, c, k, h, w, chunking):
+    # In float64, gradcheck compares the hand-written transposed transforms with finite differences.
+    from fpn.ops.winograd import _WinogradConvFunction
+
+    x, weight, bias = (t.double().requires_grad_() for t in conv_case(3, n, c, k, h, w))
+
+    def conv(x, weight, bias):
+        return _WinogradConvFunction.apply(x, weight, bias, Workspace())
+
+    assert torch.autograd.gradcheck(conv, (x, weight, bias))
+
+
+def test_training_gradients_equal_the_direct_convolutions(chunking):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    swapped = WinogradConv2d(conv, Workspace())
+    assert swapped.weight is conv.weight and list(swapped.state_dict()) == list(conv.state_dict())
+    x = torch.randn(2, 128, 11, 14).contiguous(memory_format=torch.channels_last)
+    grad_y = torch.randn(2, 128, 11, 14)
+    grads = []
+    for module in (conv, swapped):
+        x_ = x.clone().requires_grad_()
+        conv.zero_grad()
+        y = module(x_)
+        y.backward(grad_y)
+        grads.append((y.detach(), x_.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    (y0, gx0, gw0, gb0), (y1, gx1, gw1, gb1) = grads
+    assert y1.is_contiguous(memory_format=torch.channels_last)
+    for got, expected in ((y1, y0), (gx1, gx0), (gw1, gw0), (gb1, gb0)):
+        torch.testing.assert_close(got, expected, atol=3e-5 * float(expected.abs().max()), rtol=0)
+
+
+def test_weight_changes_are_seen_and_autocast_takes_the_direct_path():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(128, 128, 3, padding=1)
+    swapped = WinogradConv2d(conv, Workspace())
+    x = torch.randn(1, 128, 12, 12)
+    with torch.no_grad():
+        before = swapped(x)
+        conv.weight.mul_(2)  # e.g. an optimizer step: the cached transform must follow
+        torch.testing.assert_close(swapped(x) - conv.bias.view(-1, 1, 1), 2 * (before - conv.bias.view(-1, 1, 1)))
+        assert swapped(x).is_contiguous()  # NCHW in, NCHW out
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(swapped(x), conv(x))

@@ -25,169 +25,153 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TILE = 4  # output tile edge: F(4x4, 3x3)
-TAPS = TILE + 2  # input tile edge
-
-# Lavin & Gray's interpolation points 0, 1, -1, 2, -2 and infinity. G is applied once per weight, in
-# float64; B^T and A^T are applied to every map, factored by hand below (_input_rows, _output_rows).
-_G = torch.tensor(
-    [
-        [1 / 4, 0, 0],
-        [-1 / 6, -1 / 6, -1 / 6],
-        [-1 / 6, 1 / 6, -1 / 6],
-        [1 / 24, 1 / 12, 1 / 6],
-        [1 / 24, -1 / 12, 1 / 6],
-        [0, 0, 1],
-    ],
-    dtype=torch.float64,
+from fpn.ops.winograd_transforms import (
+    TAPS,
+    TILE,
+    Tiling,
+    Workspace,
+    add_input_transform_adjoint,
+    input_transform,
+    output_transform,
+    output_transform_adjoint,
+    transform_weight,
+    weight_adjoint,
 )
 
+__all__ = ["WinogradConv2d", "Workspace", "transform_weight", "use_winograd", "winograd_conv3x3"]
 
-def transform_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``G w G^T`` for a ``[K, C, 3, 3]`` weight: ``[36, K, C, 1, 1]``, one 1x1 convolution weight per tap."""
-    if weight.shape[-2:] != (3, 3):
-        raise ValueError(f"Winograd F(4x4, 3x3) needs 3x3 weights, got {tuple(weight.shape)}")
-    transformed = torch.einsum("ak,ockl,bl->aboc", _G, weight.detach().double().cpu(), _G)
-    out_channels, in_channels = weight.shape[:2]
-    return transformed.reshape(TAPS * TAPS, out_channels, in_channels, 1, 1).to(weight.device, weight.dtype)
+TILES_PER_CHUNK = 1024  # see winograd_transforms: per chunk, 36 x 1024 x C floats (9.4 MB at C = 256)
 
 
-def _input_rows(d: list[torch.Tensor], out: list[torch.Tensor], scratch: torch.Tensor) -> None:
-    """``out = B^T d`` along one axis for six tap views ``d``; ``scratch`` holds three maps of out's shape."""
-    d0, d1, d2, d3, d4, d5 = d
-    a, b, e = scratch
-    torch.add(d4, d2, alpha=-5, out=out[0]).add_(d0, alpha=4)  # 4 d0 - 5 d2 + d4
-    torch.add(d4, d2, alpha=-4, out=a)
-    torch.add(d3, d1, alpha=-4, out=b)
-    torch.add(a, b, out=out[1])  # -4 d1 - 4 d2 + d3 + d4
-    torch.sub(a, b, out=out[2])  # 4 d1 - 4 d2 - d3 + d4
-    torch.sub(d4, d2, out=a)
-    torch.sub(d3, d1, out=e)
-    torch.add(a, e, alpha=2, out=out[3])  # -2 d1 - d2 + 2 d3 + d4
-    torch.add(a, e, alpha=-2, out=out[4])  # 2 d1 - d2 - 2 d3 + d4
-    torch.add(d5, d3, alpha=-5, out=out[5]).add_(d1, alpha=4)  # 4 d1 - 5 d3 + d5
+def tile_gemms(
+    v: torch.Tensor, weights: torch.Tensor, shape: tuple[int, int, int], workspace: Workspace, role: str
+) -> list[torch.Tensor]:
+    """``v[t] @ weights[t]`` for the 36 taps, one batched GEMM into the workspace: 36 maps ``[*shape, K]``.
 
-
-def _output_rows(m: list[torch.Tensor], out: list[torch.Tensor], scratch: torch.Tensor) -> None:
-    """``out = A^T m`` along one axis for six tap maps ``m``; ``scratch`` holds four maps of out's shape."""
-    m0, m1, m2, m3, m4, m5 = m
-    p, q, r, s = scratch
-    torch.add(m1, m2, out=p)
-    torch.sub(m1, m2, out=q)
-    torch.add(m3, m4, out=r)
-    torch.sub(m3, m4, out=s)
-    torch.add(m0, p, out=out[0]).add_(r)  # m0 + m1 + m2 + m3 + m4
-    torch.add(q, s, alpha=2, out=out[1])  # m1 - m2 + 2 (m3 - m4)
-    torch.add(p, r, alpha=4, out=out[2])  # m1 + m2 + 4 (m3 + m4)
-    torch.add(q, s, alpha=8, out=out[3]).add_(m5)  # m1 - m2 + 8 (m3 - m4) + m5
-
-
-class Workspace:
-    """Flat scratch buffers, one per role, grown to the largest request and viewed to each call's shape."""
-
-    def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
-
-    def take(self, role: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        numel = 1
-        for size in shape:
-            numel *= size
-        buffer = self.buffers.get(role)
-        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = like.new_empty(numel)
-            self.buffers[role] = buffer
-        return buffer[:numel].view(shape)
-
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
+    ``v``: ``[36, tiles, C]``; ``weights``: ``[36, C, K]`` (any strides MKL takes, e.g. a transposed view).
+    """
+    out = workspace.take(role, (TAPS * TAPS, v.shape[1], weights.shape[2]), v)
+    torch.bmm(v, weights, out=out)
+    return [out[t].view(*shape, weights.shape[2]) for t in range(TAPS * TAPS)]
 
 
 def winograd_conv3x3(
     x: torch.Tensor, transformed: torch.Tensor, bias: torch.Tensor | None = None, workspace: Workspace | None = None
 ) -> torch.Tensor:
-    """``conv2d(x, w, bias, stride=1, padding=1)`` for ``transformed = transform_weight(w)``.
+    """``conv2d(x, w, bias, stride=1, padding=1)`` for ``transformed = transform_weight(w)``, no autograd.
 
-    ``x``: ``[N, C, H, W]`` in any memory format, any H and W; returns ``[N, K, H, W]`` channels-last.
+    ``x``: ``[N, C, H, W]``, any H and W; returns ``[N, K, H, W]`` in x's memory format.
     """
     workspace = workspace or Workspace()
-    n, channels, height, width = x.shape
+    tiling = Tiling(x.shape)
     out_channels = transformed.shape[1]
-    tiles_h, tiles_w = -(-height // TILE), -(-width // TILE)
-    padded_w = tiles_w * TILE + 2
-
-    # Zero padding: one pixel of the convolution's own, plus up to 3 to fill the last tiles.
-    xp = workspace.take("input", (n, tiles_h * TILE + 2, padded_w, channels), x)
-    xp[:, 0].zero_()
-    xp[:, height + 1 :].zero_()
-    xp[:, :, 0].zero_()
-    xp[:, :, width + 1 :].zero_()
-    xp[:, 1 : height + 1, 1 : width + 1].copy_(x.permute(0, 2, 3, 1))
-
-    # B^T d B, separably: rows (tap k of tile i is padded row 4i + k), then columns.
-    rows = workspace.take("rows", (TAPS, n, tiles_h, padded_w, channels), x)
-    span_h, span_w = TILE * tiles_h, TILE * tiles_w
-    _input_rows(
-        [xp[:, k : k + span_h : TILE] for k in range(TAPS)],
-        list(rows),
-        workspace.take("row_scratch", (3, n, tiles_h, padded_w, channels), x),
-    )
-    v = workspace.take("v", (TAPS, TAPS, n, tiles_h, tiles_w, channels), x)
-    scratch = workspace.take("col_scratch", (3, n, tiles_h, tiles_w, channels), x)
-    for i in range(TAPS):
-        _input_rows([rows[i][:, :, k : k + span_w : TILE] for k in range(TAPS)], list(v[i]), scratch)
-
-    # 36 GEMMs [tiles, C] @ [C, K], each as a 1x1 convolution on a channels-last view.
-    n_tiles = n * tiles_h * tiles_w
-    # [36][1, C, tiles, 1] with strides (tiles * C, 1, C, C): channels-last, so oneDNN reads it in place.
-    v_flat = v.view(TAPS * TAPS, 1, n_tiles, 1, channels).permute(0, 1, 4, 2, 3)
-    m = [
-        F.conv2d(v_flat[t], transformed[t]).permute(0, 2, 3, 1).view(n, tiles_h, tiles_w, out_channels)
-        for t in range(TAPS * TAPS)
-    ]
-
-    # A^T m A: rows into a scratch, then columns straight into the interleaved output.
-    half = workspace.take("half", (TILE, TAPS, n, tiles_h, tiles_w, out_channels), x)
-    scratch = workspace.take("out_scratch", (4, n, tiles_h, tiles_w, out_channels), x)
-    for b in range(TAPS):
-        _output_rows([m[k * TAPS + b] for k in range(TAPS)], [half[i, b] for i in range(TILE)], scratch)
-    y = x.new_empty(n, tiles_h, TILE, tiles_w, TILE, out_channels)
-    for i in range(TILE):
-        _output_rows(list(half[i]), [y[:, :, i, :, j] for j in range(TILE)], scratch)
-    y = y.view(n, span_h, span_w, out_channels)
+    y = x.new_empty(tiling.n, tiling.tiles_h, TILE, tiling.tiles_w, TILE, out_channels)
+    for first, end in tiling.chunks(TILES_PER_CHUNK):
+        v = input_transform(x, tiling, first, end, workspace)
+        m = tile_gemms(v, transformed.transpose(1, 2), (tiling.n, end - first, tiling.tiles_w), workspace, "m")
+        output_transform(m, y[:, first:end], workspace)
+    y = y.view(tiling.n, tiling.span_h, tiling.span_w, out_channels)
     if bias is not None:
         y.add_(bias)
-    if span_h != height or span_w != width:
-        y = y[:, :height, :width]
-    return y.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    if tiling.span_h != tiling.height or tiling.span_w != tiling.width:
+        y = y[:, : tiling.height, : tiling.width]
+    return y.permute(0, 3, 1, 2).contiguous(memory_format=_layout_of(x))
 
 
-class WinogradConv2d(nn.Module):
-    """An inference-only stand-in for a 3x3 stride-1 ``nn.Conv2d`` (see the module docstring).
+def _layout_of(x: torch.Tensor) -> torch.memory_format:
+    """Results keep their input's layout: an NCHW map after a GroupNorm stays NCHW (its fast kernel)."""
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
-    Keeps the original weight for calls that need gradients (it is then the direct convolution) and for
-    maps too small for the transforms to pay (fewer than ``min_pixels`` outputs).
+
+class _WinogradConvFunction(torch.autograd.Function):
+    """Forward and backward both in the Winograd domain, saving only the input (as a convolution does).
+
+    With ``dM = A dY A^T`` per tile (the output transform's transpose), the gradients are the same 36 GEMMs
+    transposed: ``dV = dM U`` (then the input transform's transpose) and ``dU = dM^T V`` (then ``G^T dU G``),
+    so the backward pass saves the same 4x in multiplications as the forward one.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, workspace):
+        transformed = transform_weight(weight)  # recomputed in backward rather than kept: 4x the weight
+        ctx.save_for_backward(x, weight)
+        ctx.workspace = workspace
+        ctx.has_bias = bias is not None
+        return winograd_conv3x3(x, transformed, bias, workspace)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        transformed = transform_weight(weight)
+        workspace = ctx.workspace
+        tiling = Tiling(x.shape)
+        want_x, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = grad_weight = grad_bias = None
+        if want_weight:
+            grad_transformed = transformed.new_zeros(transformed.shape[:3])  # [36, K, C]
+        if want_x:
+            grad_xp = x.new_zeros(tiling.n, tiling.span_h + 2, tiling.padded_w, x.shape[1])
+        for first, end in tiling.chunks(TILES_PER_CHUNK):
+            grad_m = output_transform_adjoint(grad_y, tiling, first, end, workspace)
+            if want_weight:
+                grad_transformed.baddbmm_(grad_m.transpose(1, 2), input_transform(x, tiling, first, end, workspace))
+            if want_x:
+                grad_v = tile_gemms(grad_m, transformed, (tiling.n, end - first, tiling.tiles_w), workspace, "grad_v")
+                add_input_transform_adjoint(grad_v, grad_xp, tiling, first, end, workspace)
+        if want_weight:
+            grad_weight = weight_adjoint(grad_transformed)
+        if want_x:
+            grad_x = grad_xp[:, 1 : tiling.height + 1, 1 : tiling.width + 1].permute(0, 3, 1, 2)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_y.sum((0, 2, 3))
+        return grad_x, grad_weight, grad_bias, None
+
+
+class WinogradConv2d(nn.Conv2d):
+    """A 3x3 stride-1 ``nn.Conv2d`` computed with Winograd F(4x4, 3x3), forward and backward.
+
+    Same parameters, names and state dict as the convolution it replaces (:func:`use_winograd`), so
+    checkpoints, optimizers and DDP see no difference. Maps with fewer than ``min_pixels`` outputs and
+    non-float32 inputs or autocast (bfloat16 cannot carry the transforms: ~0.2 of the range off) take the
+    direct path. Not thread-safe: two threads running one model would share its workspace.
     """
 
     min_pixels = 64
 
     def __init__(self, conv: nn.Conv2d, workspace: Workspace) -> None:
-        super().__init__()
         if not is_winograd_eligible(conv):
             raise ValueError(f"not a 3x3 stride-1 padding-1 dense convolution: {conv}")
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        nn.Module.__init__(self)
+        for name in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation"):
+            setattr(self, name, getattr(conv, name))
+        for name in ("transposed", "output_padding", "groups", "padding_mode", "_reversed_padding_repeated_twice"):
+            setattr(self, name, getattr(conv, name))
         self.weight = conv.weight
         self.bias = conv.bias
-        self.register_buffer("transformed", transform_weight(conv.weight), persistent=False)
         self.workspace = workspace
+        self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+
+    def transformed_weight(self) -> torch.Tensor:
+        """``transform_weight(self.weight)``, recomputed only when the weight has changed."""
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, transform_weight(self.weight))
+        return self._cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if needs_grad or x.shape[-2] * x.shape[-1] < self.min_pixels or x.dtype != self.transformed.dtype:
+        if (
+            x.shape[-2] * x.shape[-1] < self.min_pixels
+            or x.dtype != torch.float32
+            or self.weight.dtype != torch.float32
+            or torch.is_autocast_enabled(x.device.type)  # its GEMMs would run in bfloat16 / float16
+        ):
             return F.conv2d(x, self.weight, self.bias, padding=1)
-        return winograd_conv3x3(x, self.transformed, self.bias, self.workspace)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return _WinogradConvFunction.apply(x, self.weight, self.bias, self.workspace)
+        return winograd_conv3x3(x, self.transformed_weight(), self.bias, self.workspace)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, F(4x4, 3x3)"
+        return super().extra_repr() + ", winograd=F(4x4, 3x3)"
 
 
 def is_winograd_eligible(conv: nn.Module) -> bool:
@@ -206,7 +190,8 @@ def use_winograd(module: nn.Module, min_channels: int = 128) -> int:
     """Swap every eligible 3x3 convolution with at least ``min_channels`` in and out; returns how many.
 
     Narrower convolutions stay direct: at 64 channels the GEMMs are too thin to make up for the transforms
-    (measured: 0.96x on a 200x304 map), at 128 and above they win (1.3-2.2x).
+    (measured: 0.96x on a 200x304 map), at 128 and above they win (1.3-2.2x). The swapped modules share the
+    parameters of the originals and one workspace (they run one after another).
     """
     workspace = Workspace()
     swapped = 0
