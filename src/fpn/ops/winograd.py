@@ -12,11 +12,11 @@ float64 convolution by ~1e-5 of the output's range, against ~2e-6 for the direct
 (tests/ops/test_winograd.py measures both). Detections are unchanged (the torchvision parity test runs the
 optimized model); ``FasterRCNN.optimize_for_inference(winograd=False)`` keeps the direct convolutions.
 
-Memory layout: the input is padded into an NHWC workspace, the row then column transforms are written
-into ``V[36, tiles, C]``; each GEMM is a 1x1 oneDNN convolution on a channels-last view (MKL's batched
-GEMM reaches ~60 % of the rate oneDNN does here); the output transform writes straight into the
-interleaved NHWC result. Workspaces are kept between calls and shared by all layers of a model: a fresh
-400 MB buffer per call costs more in page faults than the transforms themselves.
+Memory layout: the input is padded once into an NHWC workspace; per chunk of tile rows, the windows are
+gathered and transformed by one small matrix product into ``V[36, tiles, C]``, the 36 GEMMs run as one
+batched GEMM (MKL), and one more small product plus one copy write the interleaved NHWC result
+(:mod:`fpn.ops.winograd_transforms`). Workspaces are kept between calls and shared by all layers of a
+model: a fresh 400 MB buffer per call costs more in page faults than the transforms themselves.
 """
 
 from __future__ import annotations
@@ -40,19 +40,16 @@ from fpn.ops.winograd_transforms import (
 
 __all__ = ["WinogradConv2d", "Workspace", "transform_weight", "use_winograd", "winograd_conv3x3"]
 
-TILES_PER_CHUNK = 1024  # see winograd_transforms: per chunk, 36 x 1024 x C floats (9.4 MB at C = 256)
+TILES_PER_CHUNK = 512  # per chunk, 36 x 512 x C floats (19 MB at C = 256): fast to reuse, GEMMs still wide
 
 
-def tile_gemms(
-    v: torch.Tensor, weights: torch.Tensor, shape: tuple[int, int, int], workspace: Workspace, role: str
-) -> list[torch.Tensor]:
-    """``v[t] @ weights[t]`` for the 36 taps, one batched GEMM into the workspace: 36 maps ``[*shape, K]``.
+def tile_gemms(v: torch.Tensor, weights: torch.Tensor, workspace: Workspace, role: str) -> torch.Tensor:
+    """``v[t] @ weights[t]`` for the 36 taps as one batched GEMM into the workspace: ``[36, tiles, K]``.
 
     ``v``: ``[36, tiles, C]``; ``weights``: ``[36, C, K]`` (any strides MKL takes, e.g. a transposed view).
     """
     out = workspace.take(role, (TAPS * TAPS, v.shape[1], weights.shape[2]), v)
-    torch.bmm(v, weights, out=out)
-    return [out[t].view(*shape, weights.shape[2]) for t in range(TAPS * TAPS)]
+    return torch.bmm(v, weights, out=out)
 
 
 def winograd_conv3x3(
@@ -65,14 +62,13 @@ def winograd_conv3x3(
     workspace = workspace or Workspace()
     tiling = Tiling(x.shape)
     out_channels = transformed.shape[1]
+    xp = tiling.padded(x, workspace, "input")
     y = x.new_empty(tiling.n, tiling.tiles_h, TILE, tiling.tiles_w, TILE, out_channels)
     for first, end in tiling.chunks(TILES_PER_CHUNK):
-        v = input_transform(x, tiling, first, end, workspace)
-        m = tile_gemms(v, transformed.transpose(1, 2), (tiling.n, end - first, tiling.tiles_w), workspace, "m")
-        output_transform(m, y[:, first:end], workspace)
+        v = input_transform(xp, tiling, first, end, workspace)
+        m = tile_gemms(v, transformed.transpose(1, 2), workspace, "m")
+        output_transform(m, y[:, first:end], bias, tiling, workspace)
     y = y.view(tiling.n, tiling.span_h, tiling.span_w, out_channels)
-    if bias is not None:
-        y.add_(bias)
     if tiling.span_h != tiling.height or tiling.span_w != tiling.width:
         y = y[:, : tiling.height, : tiling.width]
     return y.permute(0, 3, 1, 2).contiguous(memory_format=_layout_of(x))
@@ -108,15 +104,16 @@ class _WinogradConvFunction(torch.autograd.Function):
         want_x, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_x = grad_weight = grad_bias = None
         if want_weight:
-            grad_transformed = transformed.new_zeros(transformed.shape[:3])  # [36, K, C]
+            grad_transformed = transformed.new_zeros(transformed.shape)  # [36, K, C]
+            xp = tiling.padded(x, workspace, "input")
         if want_x:
-            grad_xp = x.new_zeros(tiling.n, tiling.span_h + 2, tiling.padded_w, x.shape[1])
+            grad_xp = x.new_zeros(tiling.n, tiling.span_h + 2, tiling.span_w + 2, x.shape[1])
         for first, end in tiling.chunks(TILES_PER_CHUNK):
             grad_m = output_transform_adjoint(grad_y, tiling, first, end, workspace)
             if want_weight:
-                grad_transformed.baddbmm_(grad_m.transpose(1, 2), input_transform(x, tiling, first, end, workspace))
+                grad_transformed.baddbmm_(grad_m.transpose(1, 2), input_transform(xp, tiling, first, end, workspace))
             if want_x:
-                grad_v = tile_gemms(grad_m, transformed, (tiling.n, end - first, tiling.tiles_w), workspace, "grad_v")
+                grad_v = tile_gemms(grad_m, transformed, workspace, "grad_v")
                 add_input_transform_adjoint(grad_v, grad_xp, tiling, first, end, workspace)
         if want_weight:
             grad_weight = weight_adjoint(grad_transformed)
