@@ -281,13 +281,20 @@ def summarize(times: list[float], images_per_call: int, **meta: Any) -> dict[str
     return {**meta, **stats}
 
 
+def as_fpn_train_runs(model: Any) -> Any:
+    """The model as `fpn train` runs it on a CPU: train.channels_last and train.winograd default to true."""
+    model.use_channels_last()
+    model.use_winograd()
+    return model
+
+
 # ------------------------------------------------------------------------------------------------------ memory
 def memory_probe_process(job_json: str) -> int:
     """Subprocess: build the pair as the main process does, one training step of one model, print its peak."""
     job = json.loads(job_json)
     torch.set_num_threads(job["threads"])
     pair = build_pair(job["preset"], tuple(job["size"]), job["images"])
-    model = pair.reference if job["which"] == "torchvision" else pair.ours.use_channels_last()  # as `fpn train`
+    model = pair.reference if job["which"] == "torchvision" else as_fpn_train_runs(pair.ours)
     step = train_call(model, *training_inputs(pair, job["batch"]))
     peak_mb, method = rss_peak_delta_mb(step)
     print(json.dumps({"peak_mb": peak_mb, "method": method}))
@@ -491,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks, presets = {}, {}
         for pair in pairs:
             images, targets = training_inputs(pair, args.batch)  # the same for both models of the pair
-            pair.ours.use_channels_last()  # what `fpn train` runs (train.channels_last defaults to true)
+            as_fpn_train_runs(pair.ours)
             for label, model, amp in (
                 ("torchvision", pair.reference, False),
                 ("fpn", pair.ours, False),

@@ -465,7 +465,9 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
         # What `fpn detect` runs: same results to rounding in fp32 (parity tests); weights cast once in bf16.
         model.optimize_for_inference(torch.bfloat16 if options.precision == "bf16" else torch.float32)
     elif options.mode == "train" and not options.exact:
-        model.use_channels_last()  # what `fpn train` runs (train.channels_last defaults to true)
+        model.use_channels_last()  # what `fpn train` runs (train.channels_last and train.winograd default to true)
+        if device.type == "cpu":
+            model.use_winograd()
     size = options.size or default_size(model)
     fit_input(model, *size)
     model.to(device)

@@ -352,3 +352,42 @@ def test_bfloat16_inference_keeps_boxes_and_scores_in_float32_and_close_to_float
     assert abs(float(got["scores"][0] - expected["scores"][0])) < 0.02
     with pytest.raises(ValueError, match="float32 and bfloat16"):
         FasterRCNN(config).optimize_for_inference(torch.float16)
+
+
+def test_winograd_training_gives_the_same_losses_and_gradients(monkeypatch):
+    from fpn.ops import winograd as winograd_ops
+
+    folded_calls = []  # Winograd convolutions that received a folded (non-leaf) weight from conv_norm
+    apply = winograd_ops._WinogradConvFunction.apply
+    monkeypatch.setattr(
+        winograd_ops._WinogradConvFunction,
+        "apply",
+        lambda x, weight, *rest: folded_calls.append(not weight.is_leaf) or apply(x, weight, *rest),
+    )
+    # Every 3x3 stride-1 convolution of a frozen-BN micro model through Winograd, in training: the backbone's
+    # get their frozen BatchNorm folded in on the fly (conv_norm), the pyramid's and the RPN head's run as is.
+    config = two_class_micro()
+    config.backbone.norm = "frozen_bn"
+    torch.manual_seed(0)
+    direct = FasterRCNN(config)
+    winograd = FasterRCNN(config)
+    winograd.load_state_dict(direct.state_dict())
+    swapped = winograd.use_winograd(min_channels=1)
+    assert swapped >= 10 and list(winograd.state_dict()) == list(direct.state_dict())
+    assert type(winograd.backbone.layer1[0].conv1).__name__ == "WinogradConv2d"
+    assert winograd.use_winograd(min_channels=1) == 0  # already swapped: nothing more to do
+    results = []
+    for model in (direct, winograd):
+        model.train()
+        torch.manual_seed(1)  # the same anchor and RoI sampling
+        losses = model([torch.rand(3, 100, 140, generator=torch.Generator().manual_seed(2))], targets()[:1])
+        sum(losses.values()).backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+        results.append(({k: v.item() for k, v in losses.items()}, grads))
+    (losses0, grads0), (losses1, grads1) = results
+    assert any(folded_calls) and not all(folded_calls)  # backbone (folded) and pyramid / RPN (as is) both ran
+    assert losses1 == pytest.approx(losses0, rel=1e-4)
+    assert set(grads1) == set(grads0)
+    for name, grad in grads0.items():
+        assert grads1[name] is not None, name
+        torch.testing.assert_close(grads1[name], grad, atol=1e-4 * float(grad.abs().max()) + 1e-7, rtol=0)

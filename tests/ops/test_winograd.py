@@ -118,18 +118,19 @@ def test_backward_is_the_exact_adjoint_of_the_forward(n, c, k, h, w, chunking):
     assert torch.autograd.gradcheck(conv, (x, weight, bias))
 
 
-def test_training_gradients_equal_the_direct_convolutions(chunking):
+@pytest.mark.parametrize("size", [(11, 14), (12, 16)], ids=["partial-tiles", "whole-tiles"])
+def test_training_gradients_equal_the_direct_convolutions(size, chunking):
     torch.manual_seed(0)
     conv = nn.Conv2d(128, 128, 3, padding=1)
     swapped = WinogradConv2d(conv, Workspace())
     assert swapped.weight is conv.weight and list(swapped.state_dict()) == list(conv.state_dict())
-    x = torch.randn(2, 128, 11, 14).contiguous(memory_format=torch.channels_last)
-    grad_y = torch.randn(2, 128, 11, 14)
+    x = torch.randn(2, 128, *size).contiguous(memory_format=torch.channels_last)
+    grad_y = torch.randn(2, 128, *size)
     grads = []
     for module in (conv, swapped):
         x_ = x.clone().requires_grad_()
         conv.zero_grad()
-        y = module(x_)
+        y = module(x_).relu_()  # an in-place op on the result, as the backbone's ReLUs do
         y.backward(grad_y)
         grads.append((y.detach(), x_.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
     (y0, gx0, gw0, gb0), (y1, gx1, gw1, gb1) = grads

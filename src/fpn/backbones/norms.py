@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -57,7 +56,7 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
     if not (norm.training and isinstance(norm, FrozenBatchNorm2d)):
         return norm(conv(x))
     weight, bias = folded_weight_bias(conv, norm)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return conv._conv_forward(x, weight, bias)  # the module's own convolution (e.g. Winograd), other weights
 
 
 def folded_weight_bias(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -347,6 +347,8 @@ def _train(
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.channels_last:
         model.use_channels_last()
+    if cfg.winograd and device.type == "cpu":
+        model.use_winograd()
     amp = amp_dtype(device) if cfg.amp else None
     # Loss scaling is for fp16's narrow range; bf16 has fp32's exponent and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
