@@ -131,12 +131,18 @@ class WinogradConv2d(nn.Conv2d):
     """A 3x3 stride-1 ``nn.Conv2d`` computed with Winograd F(4x4, 3x3), forward and backward.
 
     Same parameters, names and state dict as the convolution it replaces (:func:`use_winograd`), so
-    checkpoints, optimizers and DDP see no difference. Maps with fewer than ``min_pixels`` outputs and
-    non-float32 inputs or autocast (bfloat16 cannot carry the transforms: ~0.2 of the range off) take the
+    checkpoints, optimizers and DDP see no difference. Non-float32 inputs or autocast (bfloat16 cannot carry
+    the transforms: ~0.2 of the range off), other devices than the CPU, and maps of too few tiles take the
     direct path. Not thread-safe: two threads running one model would share its workspace.
     """
 
-    min_pixels = 64
+    # Below these many 4x4 tiles (over the batch), the transformed weights (4x the weights, recomputed at every
+    # training step and in backward) and the Python around the GEMMs cost more than the 4x fewer multiplications
+    # save. Measured (2 threads; 128-512 channels; batch 2): inference loses at 24 tiles for 128 channels and
+    # breaks even or wins above ~96; a training step (forward + backward) loses up to 2x at 24 and 96 tiles and
+    # wins 1.4-2.5x from ~330.
+    min_tiles_inference = 32
+    min_tiles_training = 256
 
     def __init__(self, conv: nn.Conv2d, workspace: Workspace) -> None:
         if not is_winograd_eligible(conv):
@@ -161,15 +167,17 @@ class WinogradConv2d(nn.Conv2d):
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``conv2d(x, weight, bias, padding=1)``: ``nn.Conv2d.forward``'s hook, also called by ``conv_norm``
         with weights that have a frozen BatchNorm folded in (training)."""
+        training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        tiles = x.shape[0] * -(-x.shape[-2] // TILE) * -(-x.shape[-1] // TILE)
         if (
             x.device.type != "cpu"  # cuDNN picks its own algorithms (Winograd among them)
-            or x.shape[-2] * x.shape[-1] < self.min_pixels
+            or tiles < (self.min_tiles_training if training else self.min_tiles_inference)
             or x.dtype != torch.float32
             or weight.dtype != x.dtype
             or torch.is_autocast_enabled(x.device.type)  # its GEMMs would run in bfloat16 / float16
         ):
             return F.conv2d(x, weight, bias, padding=1)
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        if training:
             return _WinogradConvFunction.apply(x, weight, bias, self.workspace)
         transformed = self.transformed_weight() if weight is self.weight else transform_weight(weight)
         return winograd_conv3x3(x, transformed, bias, self.workspace)
