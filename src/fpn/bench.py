@@ -22,9 +22,13 @@ inside one iteration, so their sum is at most the iteration's time (the rest is 
 
 GFLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one iteration (2 per multiply-add;
 convolutions and matrix products only, so NMS, RoIAlign's gathers and element-wise work count nothing; a
-training step counts its backward pass too). The peak is the best rate of a few dense kernels at the same
-thread count (see :func:`measure_peak`), so ``fraction_of_peak`` says how much of the machine's best
-convolution/GEMM throughput the detector reaches end to end.
+training step counts its backward pass too). ``gflops`` is what the model's layers are worth as direct
+convolutions (counted with :func:`~fpn.ops.winograd.direct_convolutions`); ``executed_gflops`` is what ran,
+fewer where Winograd F(4x4, 3x3) replaced a 3x3 convolution by GEMMs with a quarter of the multiplications.
+The peak is the best rate of a few dense kernels at the same thread count (see :func:`measure_peak`), so
+``fraction_of_peak`` (``gflops`` over time, the *effective* rate, over the peak) says how the detector compares
+with running all of its layers at the machine's best convolution/GEMM rate; above 1 is possible only through
+fewer multiplications. ``executed_fraction_of_peak`` is the arithmetic actually done over the peak.
 
 Peak memory, on the CPU, is measured in a fresh subprocess that builds the same model and inputs and runs
 one iteration: the resident-set high-water mark during that iteration minus the resident set just before it
@@ -57,6 +61,7 @@ import torch.nn.functional as F
 
 from fpn.errors import ConfigError
 from fpn.measure import count_gflops, eval_size, machine_info, rss_peak_delta_mb
+from fpn.ops.winograd import direct_convolutions
 
 logger = logging.getLogger(__name__)
 
@@ -554,7 +559,8 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
     )  # fmt: skip
     with prepared.timer:
         timings = time_runs(prepared.step, prepared.timer, runs=options.runs, warmup=options.warmup, device=device)
-        gflops = count_gflops(prepared.step)
+        executed_gflops = count_gflops(prepared.step)
+        gflops = nominal_gflops(prepared.model, prepared.step)
         scaling = _scaling(options, prepared, timings, gflops) if options.scaling else None
     if options.peak_gflops is not None:
         peak = {"gflops_per_s": float(options.peak_gflops), "kernel": "given", "kernels": {}}
@@ -590,6 +596,9 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         "peak_kernel": peak["kernel"],
         "peak_kernels": peak["kernels"],
         "fraction_of_peak": gflops / median / peak["gflops_per_s"],
+        "executed_gflops": executed_gflops,
+        "executed_gflops_per_s": executed_gflops / median,
+        "executed_fraction_of_peak": executed_gflops / median / peak["gflops_per_s"],
         "peak_mb": peak_mb,
         "peak_mb_method": memory_method,
         "machine": machine,
@@ -598,6 +607,12 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
     if scaling is not None:
         result["scaling"] = scaling
     return result
+
+
+def nominal_gflops(model: torch.nn.Module, step: Callable[[], None]) -> float:
+    """GFLOPs of one ``step`` with every layer counted as the model defines it (Winograd as a direct convolution)."""
+    with direct_convolutions(model):
+        return count_gflops(step)
 
 
 def _scaling(options: BenchOptions, prepared: Prepared, main: Timings, main_gflops: float) -> dict[str, Any]:
@@ -615,7 +630,7 @@ def _scaling(options: BenchOptions, prepared: Prepared, main: Timings, main_gflo
             model, options.mode, autocast_precision(options), images, targets, prepared.timer, seed=options.seed
         )
         timings = time_runs(step, prepared.timer, runs=options.runs, warmup=options.warmup, device=device)
-        return timings, count_gflops(step)
+        return timings, nominal_gflops(model, step)
 
     # Smaller sizes are multiples of the padding stride: the network computes on the padded size, and two sizes
     # that pad to the same one would measure the same thing twice.

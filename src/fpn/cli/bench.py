@@ -9,9 +9,11 @@ network sees exactly --size pixels (its resize is set to keep that size). Prints
   s_per_image, images_per_s                               batch / median_s
   stages {name: median_s}                                 transform, backbone, pyramid, rpn, roi_heads, then
                                                           postprocess (infer) or backward, optimizer (train)
-  gflops, gflops_per_s                                    FlopCounterMode count of one iteration, / median_s
+  gflops, gflops_per_s                                    FlopCounterMode count of one iteration (layers as
+                                                          direct convolutions), / median_s: the effective rate
+  executed_gflops, executed_gflops_per_s                  the same for what ran (Winograd: fewer multiplications)
   peak_gflops_per_s, peak_kernel, peak_kernels            best of a GEMM and 3x3 convolutions, same threads
-  fraction_of_peak                                        gflops_per_s / peak_gflops_per_s
+  fraction_of_peak, executed_fraction_of_peak             gflops_per_s (executed_...) / peak_gflops_per_s
   peak_mb, peak_mb_method                                 memory one iteration adds (RSS high-water mark in
                                                           a fresh process on the CPU; CUDA allocator on GPU)
   size, batch, threads, precision, mode, device, model, design, params, machine, date, command
@@ -121,6 +123,11 @@ def report(result: dict) -> str:
         f"{100 * result['fraction_of_peak']:.0f}% of the peak {result['peak_gflops_per_s']:.1f} GFLOP/s "
         f"({result['peak_kernel']})",
     ]
+    if result["executed_gflops"] < result["gflops"]:
+        lines.append(
+            f"  executed   {result['executed_gflops']:.2f} GFLOPs (Winograd), {result['executed_gflops_per_s']:.1f} "
+            f"GFLOP/s = {100 * result['executed_fraction_of_peak']:.0f}% of the peak"
+        )
     if result["peak_mb"] is not None:
         lines.append(f"  memory     +{result['peak_mb']:.0f} MB in one iteration ({result['peak_mb_method']})")
     scaling = result.get("scaling")

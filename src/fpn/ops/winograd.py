@@ -12,14 +12,17 @@ float64 convolution by ~1e-5 of the output's range, against ~2e-6 for the direct
 (tests/ops/test_winograd.py measures both). Detections are unchanged (the torchvision parity test runs the
 optimized model); ``FasterRCNN.optimize_for_inference(winograd=False)`` keeps the direct convolutions.
 
-Memory layout: the input is padded once into an NHWC workspace; per chunk of tile rows, the windows are
-gathered and transformed by one small matrix product into ``V[36, tiles, C]``, the 36 GEMMs run as one
+Memory layout: per chunk of tile rows, the chunk's band of the input is padded into an NHWC workspace,
+its windows gathered and transformed by one small matrix product into ``V[36, tiles, C]``, the 36 GEMMs run as one
 batched GEMM (MKL), and one more small product plus one copy write the interleaved NHWC result
 (:mod:`fpn.ops.winograd_transforms`). Workspaces are kept between calls and shared by all layers of a
 model: a fresh 400 MB buffer per call costs more in page faults than the transforms themselves.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,9 +41,23 @@ from fpn.ops.winograd_transforms import (
     weight_adjoint,
 )
 
-__all__ = ["WinogradConv2d", "Workspace", "transform_weight", "use_winograd", "winograd_conv3x3"]
+__all__ = [
+    "WinogradConv2d",
+    "Workspace",
+    "direct_convolutions",
+    "transform_weight",
+    "use_winograd",
+    "winograd_conv3x3",
+]
 
-TILES_PER_CHUNK = 512  # per chunk, 36 x 512 x C floats (19 MB at C = 256): fast to reuse, GEMMs still wide
+# A chunk holds about CHUNK_VALUES tile-channels: each workspace buffer is then at most 36 x 2^15 floats (4.7 MB),
+# i.e. 128 tiles at 256 channels, 256 at 128. Small enough for a small model's memory, large enough for the GEMMs.
+CHUNK_VALUES = 2**15
+TILES_PER_CHUNK: int | None = None  # a fixed number instead (the tests use it to force many chunks)
+
+
+def tiles_per_chunk(channels: int) -> int:
+    return TILES_PER_CHUNK or max(16, CHUNK_VALUES // channels)
 
 
 def tile_gemms(v: torch.Tensor, weights: torch.Tensor, workspace: Workspace, role: str) -> torch.Tensor:
@@ -62,14 +79,13 @@ def winograd_conv3x3(
     workspace = workspace or Workspace()
     tiling = Tiling(x.shape)
     out_channels = transformed.shape[1]
-    xp = tiling.padded(x, workspace, "input")
     # A fresh NHWC result that the tiles are written into through a view (what is returned is never a view:
     # autograd forbids in-place ops, such as the ReLU that follows, on views made inside a Function).
     shape = (tiling.n, out_channels, tiling.span_h, tiling.span_w)
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     tiles = y.permute(0, 2, 3, 1).view(tiling.n, tiling.tiles_h, TILE, tiling.tiles_w, TILE, out_channels)
-    for first, end in tiling.chunks(TILES_PER_CHUNK):
-        v = input_transform(xp, tiling, first, end, workspace)
+    for first, end in tiling.chunks(tiles_per_chunk(max(x.shape[1], out_channels))):
+        v = input_transform(x, tiling, first, end, workspace)
         m = tile_gemms(v, transformed.transpose(1, 2), workspace, "m")
         output_transform(m, tiles[:, first:end], bias, tiling, workspace)
     if tiling.span_h != tiling.height or tiling.span_w != tiling.width:
@@ -108,20 +124,19 @@ class _WinogradConvFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = None
         if want_weight:
             grad_transformed = transformed.new_zeros(transformed.shape)  # [36, K, C]
-            xp = tiling.padded(x, workspace, "input")
         if want_x:
-            grad_xp = x.new_zeros(tiling.n, tiling.span_h + 2, tiling.span_w + 2, x.shape[1])
-        for first, end in tiling.chunks(TILES_PER_CHUNK):
+            grad_x = x.new_zeros(tiling.n, tiling.height, tiling.width, x.shape[1])  # NHWC
+        for first, end in tiling.chunks(tiles_per_chunk(max(transformed.shape[1:]))):
             grad_m = output_transform_adjoint(grad_y, tiling, first, end, workspace)
             if want_weight:
-                grad_transformed.baddbmm_(grad_m.transpose(1, 2), input_transform(xp, tiling, first, end, workspace))
+                grad_transformed.baddbmm_(grad_m.transpose(1, 2), input_transform(x, tiling, first, end, workspace))
             if want_x:
-                grad_v = tile_gemms(grad_m, transformed, workspace, "grad_v")
-                add_input_transform_adjoint(grad_v, grad_xp, tiling, first, end, workspace)
+                grad_v = tile_gemms(grad_m, transformed, workspace, "v")  # V is spent
+                add_input_transform_adjoint(grad_v, grad_x, tiling, first, end, workspace)
         if want_weight:
             grad_weight = weight_adjoint(grad_transformed)
         if want_x:
-            grad_x = grad_xp[:, 1 : tiling.height + 1, 1 : tiling.width + 1].permute(0, 3, 1, 2)
+            grad_x = grad_x.permute(0, 3, 1, 2)  # channels-last [N, C, H, W]
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_y.sum((0, 2, 3))
         return grad_x, grad_weight, grad_bias, None
@@ -155,6 +170,7 @@ class WinogradConv2d(nn.Conv2d):
         self.weight = conv.weight
         self.bias = conv.bias
         self.workspace = workspace
+        self.direct = False  # see direct_convolutions
         self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
 
     def transformed_weight(self) -> torch.Tensor:
@@ -170,7 +186,8 @@ class WinogradConv2d(nn.Conv2d):
         training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
         tiles = x.shape[0] * -(-x.shape[-2] // TILE) * -(-x.shape[-1] // TILE)
         if (
-            x.device.type != "cpu"  # cuDNN picks its own algorithms (Winograd among them)
+            self.direct
+            or x.device.type != "cpu"  # cuDNN picks its own algorithms (Winograd among them)
             or tiles < (self.min_tiles_training if training else self.min_tiles_inference)
             or x.dtype != torch.float32
             or weight.dtype != x.dtype
@@ -215,3 +232,20 @@ def use_winograd(module: nn.Module, min_channels: int = 128) -> int:
                 setattr(parent, name, WinogradConv2d(child, workspace))
                 swapped += 1
     return swapped
+
+
+@contextlib.contextmanager
+def direct_convolutions(module: nn.Module) -> Iterator[None]:
+    """Within the block, every :class:`WinogradConv2d` of ``module`` runs the direct convolution.
+
+    For counting what the convolutions are worth: ``FlopCounterMode`` counts the Winograd path's GEMMs, a
+    quarter of the multiplications, which is the point of it but not the work the model defines.
+    """
+    swapped = [m for m in module.modules() if isinstance(m, WinogradConv2d)]
+    for m in swapped:
+        m.direct = True
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.direct = False

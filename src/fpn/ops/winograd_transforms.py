@@ -12,10 +12,13 @@ Why Kronecker products rather than the separable row-then-column form (~12 addit
 is memory traffic, not arithmetic, that costs. Measured on a 256-channel 200x304 map (2 threads): the
 elementwise transforms took ~130 ms around a 60 ms GEMM; as matrix products, ~30 ms.
 
-The work goes by chunks of tile rows (:meth:`Tiling.chunks`): a chunk's buffers (~36 x its input) stay
-in cache and are reused from one chunk to the next, where whole-map buffers of a P2 map in training
-would cost over a gigabyte. Buffers live in a :class:`Workspace` kept between calls (a fresh buffer per
-call costs more in page faults than the transforms).
+The work goes by chunks of tile rows (:meth:`Tiling.chunks`), each padding and transforming only its band
+of rows: a chunk's buffers (~36 x its share of the input) are reused from one chunk to the next, where
+whole-map buffers of a P2 map in training would cost over a gigabyte, and training needs no more memory
+than the direct convolution's. Buffers live in a :class:`Workspace` kept between calls (a fresh buffer per
+call costs more in page faults than the transforms); four roles serve every step, forward and backward, each
+buffer reused once what it held is spent: ``band`` (a band of input or output rows), ``windows`` (gathered
+windows, output tiles), ``v`` (transformed input, its gradient) and ``m`` (the GEMMs' result, its gradient).
 """
 
 from __future__ import annotations
@@ -130,54 +133,68 @@ class Tiling:
     def tiles(self, first: int, end: int) -> int:
         return self.n * (end - first) * self.tiles_w
 
-    def padded(self, x: torch.Tensor, workspace: Workspace, role: str) -> torch.Tensor:
-        """``x`` ``[N, C, H, W]`` as NHWC with the convolution's zero border of 1, and zeros up to whole tiles."""
-        xp = workspace.take(role, (self.n, self.span_h + 2, self.span_w + 2, x.shape[1]), x)
-        xp[:, 0].zero_()
-        xp[:, self.height + 1 :].zero_()
-        xp[:, :, 0].zero_()
-        xp[:, :, self.width + 1 :].zero_()
-        xp[:, 1 : self.height + 1, 1 : self.width + 1].copy_(x.permute(0, 2, 3, 1))
-        return xp
+    def band(self, first: int, end: int) -> tuple[int, int, int]:
+        """Tile rows ``first..end-1`` read padded rows ``4 first .. 4 end + 1``: ``(top, low, high)`` where
+        ``top`` is the map row of the band's row 0 (-1 is the zero border) and ``low..high-1`` the map rows
+        inside both the band and the map."""
+        top = TILE * first - 1
+        return top, max(top, 0), min(top + TILE * (end - first) + 2, self.height)
 
-    def windows(self, xp: torch.Tensor, first: int, end: int) -> torch.Tensor:
-        """The 6x6 windows of tile rows ``first..end-1``: a ``[6, 6, N, rows, tiles_w, C]`` view of ``xp``."""
-        s_n, s_h, s_w, s_c = xp.stride()
-        return xp.as_strided(
-            (TAPS, TAPS, self.n, end - first, self.tiles_w, xp.shape[3]),
+    def windows(self, band: torch.Tensor) -> torch.Tensor:
+        """The 6x6 windows of a band's tiles: a ``[6, 6, N, rows, tiles_w, C]`` view of the NHWC ``band``."""
+        s_n, s_h, s_w, s_c = band.stride()
+        rows = (band.shape[1] - 2) // TILE
+        return band.as_strided(
+            (TAPS, TAPS, self.n, rows, self.tiles_w, band.shape[3]),
             (s_h, s_w, s_n, TILE * s_h, TILE * s_w, s_c),
-            xp.storage_offset() + TILE * first * s_h,
+            band.storage_offset(),
         )
 
 
 def input_transform(
-    xp: torch.Tensor, tiling: Tiling, first: int, end: int, workspace: Workspace, role: str = "v"
+    x: torch.Tensor, tiling: Tiling, first: int, end: int, workspace: Workspace, role: str = "v"
 ) -> torch.Tensor:
-    """``B^T d B`` of the windows of tile rows ``first..end-1`` of the padded ``xp``: ``[36, tiles, C]``."""
-    channels = xp.shape[3]
-    windows = workspace.take("windows", (TAPS * TAPS, tiling.tiles(first, end) * channels), xp)
-    windows.view(TAPS, TAPS, tiling.n, end - first, tiling.tiles_w, channels).copy_(tiling.windows(xp, first, end))
-    v = workspace.take(role, windows.shape, xp)
-    torch.mm(_matrix("input", xp), windows, out=v)
+    """``B^T d B`` of the windows of tile rows ``first..end-1`` of ``x`` ``[N, C, H, W]``: ``[36, tiles, C]``.
+
+    Only the chunk's band of rows is padded (the convolution's zero border, and zeros up to whole tiles), so
+    the memory it takes is the chunk's, not the map's.
+    """
+    rows, channels = end - first, x.shape[1]
+    band = workspace.take("band", (tiling.n, TILE * rows + 2, tiling.span_w + 2, channels), x)
+    top, low, high = tiling.band(first, end)
+    band[:, : low - top].zero_()
+    band[:, high - top :].zero_()
+    inside = band[:, low - top : high - top]
+    inside[:, :, 0].zero_()
+    inside[:, :, tiling.width + 1 :].zero_()
+    inside[:, :, 1 : tiling.width + 1].copy_(x[:, :, low:high].permute(0, 2, 3, 1))
+    windows = workspace.take("windows", (TAPS * TAPS, tiling.tiles(first, end) * channels), x)
+    windows.view(TAPS, TAPS, tiling.n, rows, tiling.tiles_w, channels).copy_(tiling.windows(band))
+    v = workspace.take(role, windows.shape, x)
+    torch.mm(_matrix("input", x), windows, out=v)
     return v.view(TAPS * TAPS, -1, channels)
 
 
 def add_input_transform_adjoint(
-    grad_v: torch.Tensor, grad_xp: torch.Tensor, tiling: Tiling, first: int, end: int, workspace: Workspace
+    grad_v: torch.Tensor, grad_x: torch.Tensor, tiling: Tiling, first: int, end: int, workspace: Workspace
 ) -> None:
-    """The transpose of :func:`input_transform`: adds the chunk's share into the padded input gradient.
+    """The transpose of :func:`input_transform`: adds the chunk's share into the input gradient.
 
-    ``grad_v``: ``[36, tiles, C]``; ``grad_xp``: ``[N, span_h + 2, span_w + 2, C]``, zeroed before the first
-    chunk. Neighbouring windows overlap, so each tap is added on its own (one view never overlaps itself).
+    ``grad_v``: ``[36, tiles, C]``; ``grad_x``: ``[N, H, W, C]``, zeroed before the first chunk. Neighbouring
+    windows overlap, so each tap is added on its own into the band (one view never overlaps itself), and
+    consecutive bands share two rows.
     """
-    channels = grad_v.shape[2]
+    rows, channels = end - first, grad_v.shape[2]
     grad_windows = workspace.take("windows", (TAPS * TAPS, grad_v.shape[1] * channels), grad_v)
     torch.mm(_matrix("input_t", grad_v), grad_v.view(TAPS * TAPS, -1), out=grad_windows)
-    taps = grad_windows.view(TAPS, TAPS, tiling.n, end - first, tiling.tiles_w, channels)
-    windows = tiling.windows(grad_xp, first, end)
+    taps = grad_windows.view(TAPS, TAPS, tiling.n, rows, tiling.tiles_w, channels)
+    band = workspace.take("band", (tiling.n, TILE * rows + 2, tiling.span_w + 2, channels), grad_v).zero_()
+    windows = tiling.windows(band)
     for a in range(TAPS):
         for b in range(TAPS):
             windows[a, b].add_(taps[a, b])
+    top, low, high = tiling.band(first, end)
+    grad_x[:, low:high].add_(band[:, low - top : high - top, 1 : tiling.width + 1])
 
 
 def output_transform(
@@ -185,7 +202,7 @@ def output_transform(
 ) -> None:
     """``A^T m A (+ bias)`` of ``m`` ``[36, tiles, K]`` into ``out``, a ``[N, rows, 4, tiles_w, 4, K]`` view."""
     n, rows, _, tiles_w, _, channels = out.shape
-    y = workspace.take("y_tiles", (TILE * TILE, m.shape[1] * channels), m)
+    y = workspace.take("windows", (TILE * TILE, m.shape[1] * channels), m)  # the windows are spent by now
     torch.mm(_matrix("output", m), m.view(TAPS * TAPS, -1), out=y)
     tiles = y.view(TILE, TILE, n, rows, tiles_w, channels).permute(2, 3, 0, 4, 1, 5)
     if bias is None:
@@ -202,15 +219,15 @@ def output_transform_adjoint(
     Returns ``[36, tiles, K]`` (a workspace view); pixels of the last tiles beyond the map count as zero.
     """
     rows, channels = end - first, grad_y.shape[1]
-    padded = workspace.take("grad_output", (tiling.n, TILE * rows, tiling.span_w, channels), grad_y)
+    padded = workspace.take("band", (tiling.n, TILE * rows, tiling.span_w, channels), grad_y)
     top, bottom = TILE * first, min(TILE * end, tiling.height)
     padded[:, bottom - top :].zero_()
     padded[:, :, tiling.width :].zero_()
     padded[:, : bottom - top, : tiling.width].copy_(grad_y[:, :, top:bottom].permute(0, 2, 3, 1))
-    grad_tiles = workspace.take("y_tiles", (TILE * TILE, tiling.tiles(first, end) * channels), grad_y)
+    grad_tiles = workspace.take("windows", (TILE * TILE, tiling.tiles(first, end) * channels), grad_y)
     grad_tiles.view(TILE, TILE, tiling.n, rows, tiling.tiles_w, channels).copy_(
         padded.view(tiling.n, rows, TILE, tiling.tiles_w, TILE, channels).permute(2, 4, 0, 1, 3, 5)
     )
-    grad_m = workspace.take("grad_m", (TAPS * TAPS, grad_tiles.shape[1]), grad_y)
+    grad_m = workspace.take("m", (TAPS * TAPS, grad_tiles.shape[1]), grad_y)  # read until the chunk's end
     torch.mm(_matrix("output_t", grad_y), grad_tiles, out=grad_m)
     return grad_m.view(TAPS * TAPS, -1, channels)
