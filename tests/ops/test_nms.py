@@ -181,3 +181,31 @@ def test_nms_golden_with_ties(goldens: dict[str, torch.Tensor]) -> None:
 def test_batched_nms_golden(goldens: dict[str, torch.Tensor], case: str) -> None:
     got = batched_nms(goldens[f"{case}/boxes"], goldens[f"{case}/scores"], goldens[f"{case}/idxs"], 0.5)
     assert torch.equal(got, goldens[f"{case}/keep"])
+
+
+@pytest.mark.parametrize("block,chunk", [(256, 8192), (7, 5)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batched_nms_max_keep_is_the_full_answer_cut(
+    monkeypatch: pytest.MonkeyPatch, block: int, chunk: int, seed: int
+) -> None:
+    # Stopping early (score-major blocks with a category mask) must give exactly the first max_keep of the
+    # full category-major answer, ties included (scores rounded to create many).
+    monkeypatch.setattr(NMS_MODULE, "_BLOCK", block)
+    monkeypatch.setattr(NMS_MODULE, "_KEPT_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(seed)
+    boxes = clustered_boxes(gen, 300, 12)
+    scores = (torch.rand(300, generator=gen) * 20).round() / 20
+    idxs = torch.randint(0, 5, (300,), generator=gen) * 3 - 4
+    full = batched_nms(boxes, scores, idxs, 0.5)
+    assert full.tolist() == batched_reference(boxes, scores, idxs, 0.5)
+    for max_keep in (0, 1, 5, 17, len(full) - 1, len(full), len(full) + 10, 1000):
+        assert batched_nms(boxes, scores, idxs, 0.5, max_keep=max_keep).tolist() == full[:max_keep].tolist()
+    with pytest.raises(ValueError, match="max_keep"):
+        batched_nms(boxes, scores, idxs, 0.5, max_keep=-1)
+
+
+def test_batched_nms_max_keep_golden(goldens: dict[str, torch.Tensor]) -> None:
+    case = "batched_large"
+    keep = goldens[f"{case}/keep"]
+    got = batched_nms(goldens[f"{case}/boxes"], goldens[f"{case}/scores"], goldens[f"{case}/idxs"], 0.5, max_keep=50)
+    assert torch.equal(got, keep[:50])

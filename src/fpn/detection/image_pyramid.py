@@ -23,7 +23,7 @@ def merge_scales(
     merged = []
     for per_image in zip(*per_scale):
         cat = {key: torch.cat([det[key] for det in per_image]) for key in per_image[0]}
-        keep = batched_nms(cat["boxes"], cat["scores"], cat["labels"], nms_thresh)[:max_detections]
+        keep = batched_nms(cat["boxes"], cat["scores"], cat["labels"], nms_thresh, max_keep=max_detections)
         merged.append({key: value[keep] for key, value in cat.items()})
     return merged
 

@@ -164,7 +164,7 @@ class RoIHeads(nn.Module):
             boxes, scores, labels, levels = boxes[keep], scores[keep], labels[keep], levels[keep]
             keep = remove_small_boxes(boxes, 1e-2)
             boxes, scores, labels, levels = boxes[keep], scores[keep], labels[keep], levels[keep]
-            keep = batched_nms(boxes, scores, labels, cfg.nms_thresh)[: cfg.detections_per_image]
+            keep = batched_nms(boxes, scores, labels, cfg.nms_thresh, max_keep=cfg.detections_per_image)
             results.append(
                 {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep], "levels": levels[keep]}
             )

@@ -137,7 +137,7 @@ class RegionProposalNetwork(nn.Module):
             boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
             keep = torch.where(scores >= cfg.score_thresh)[0]
             boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
-            keep = batched_nms(boxes, scores, levels, cfg.nms_thresh)[:post_n]
+            keep = batched_nms(boxes, scores, levels, cfg.nms_thresh, max_keep=post_n)
             out_boxes.append(boxes[keep])
             out_scores.append(scores[keep])
             out_levels.append(levels[keep])

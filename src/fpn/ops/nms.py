@@ -14,6 +14,11 @@ in earlier blocks, then the fixed point runs inside the block on a ``[B, B]`` ma
 For :func:`batched_nms` the ranking is by category first, then score: categories never interact, so
 the greedy answer is the same, and each block only has to be compared with the kept boxes of its own
 first category instead of all kept boxes (the cost is ``sum_c N_c * K_c`` rather than ``N * K``).
+
+When only the ``max_keep`` best survivors are wanted (the RPN keeps 1000-2000 of up to 10000 candidates,
+the detector 100 per image), the ranking is by score alone across categories (with a category mask), so
+the work can stop, exactly, at the first block after which ``max_keep`` boxes are kept: every later box
+ranks below them.
 """
 
 from __future__ import annotations
@@ -42,16 +47,23 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return _nms(boxes, scores, None, iou_threshold)
 
 
-def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, max_keep: int | None = None
+) -> Tensor:
     """NMS within each category: boxes with different ``idxs [N]`` (int) never suppress each other.
 
     Returns the kept indices (int64) sorted by decreasing score across all categories, ties by input
-    order. Categories are kept apart by comparing ``idxs`` rather than by torchvision's coordinate
-    offset, so IoUs are those of the original coordinates.
+    order; with ``max_keep``, only the first ``max_keep`` of them (the same as slicing the full answer,
+    found with less work). Categories are kept apart by comparing ``idxs`` rather than by torchvision's
+    coordinate offset, so IoUs are those of the original coordinates.
     """
     _check_inputs(boxes, scores)
     if idxs.shape != scores.shape:
         raise ValueError(f"idxs must have the shape of scores {tuple(scores.shape)}, got {tuple(idxs.shape)}")
+    if max_keep is not None:
+        if max_keep < 0:
+            raise ValueError(f"max_keep must be at least 0, got {max_keep}")
+        return _nms(boxes, scores, idxs, iou_threshold, max_keep=max_keep)
     return _nms(boxes, scores, idxs, iou_threshold)
 
 
@@ -62,40 +74,47 @@ def _check_inputs(boxes: Tensor, scores: Tensor) -> None:
         raise ValueError(f"scores must have shape [{boxes.shape[0]}], got {tuple(scores.shape)}")
 
 
-def _nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> Tensor:
+def _nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float, max_keep: int | None = None
+) -> Tensor:
     num = boxes.shape[0]
-    if num == 0:
+    if num == 0 or max_keep == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     boxes, scores = boxes.detach(), scores.detach()
     order = torch.argsort(scores, descending=True, stable=True)
-    if idxs is not None:
-        # Category-major ranking; the stable sort keeps the score order within each category.
+    # Category-major ranking (the stable sort keeps the score order within each category), unless the
+    # work is to stop early: then score-major, and the kept boxes of every category are compared (masked).
+    category_major = idxs is not None and max_keep is None
+    if category_major:
         order = order[torch.argsort(idxs[order], stable=True)]
-        ranked_idxs = idxs[order]
-    else:
-        ranked_idxs = None
+    ranked_idxs = idxs[order] if idxs is not None else None
     ranked = boxes[order]
 
     keep = torch.zeros(num, dtype=torch.bool, device=boxes.device)
+    kept_count = 0
     for start in range(0, num, _BLOCK):
         stop = min(start + _BLOCK, num)
         block = ranked[start:stop]
         block_idxs = ranked_idxs[start:stop] if ranked_idxs is not None else None
-        first = _first_rank_of_category(ranked_idxs, start)
+        first = _first_rank_of_category(ranked_idxs, start) if category_major else 0
         alive = _not_suppressed_by_kept(ranked, ranked_idxs, keep, first, start, block, block_idxs, iou_threshold)
         # suppressors[i, j]: box j (ranked before i, same block) would suppress box i if kept.
         suppressors = _overlaps(block, block_idxs, block, block_idxs, iou_threshold).tril_(diagonal=-1)
         keep[start:stop] = _fixed_point(suppressors, alive)
+        if max_keep is not None:
+            kept_count += int(keep[start:stop].sum())
+            if kept_count >= max_keep:
+                break  # every later box ranks below the max_keep kept so far
 
     kept = order[keep]
-    if idxs is None:
-        return kept  # already by decreasing score, ties by input order
+    if not category_major:
+        return kept[:max_keep]  # already by decreasing score, ties by input order
     kept = kept.sort().values
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
 def _first_rank_of_category(ranked_idxs: Tensor | None, start: int) -> int:
-    """First ranked position whose category is that of position ``start`` (0 for plain NMS)."""
+    """First ranked position whose (category-major) category is that of position ``start`` (0 for plain NMS)."""
     if ranked_idxs is None or start == 0:
         return 0
     return int(torch.searchsorted(ranked_idxs[:start], ranked_idxs[start : start + 1]).item())
