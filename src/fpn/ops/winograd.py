@@ -226,9 +226,8 @@ def use_winograd(module: nn.Module, min_channels: int = 128) -> int:
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, WinogradConv2d) or not is_winograd_eligible(child):
-                continue
-            if min(child.in_channels, child.out_channels) >= min_channels:
+            # A swapped module is no longer eligible (its type is not plain Conv2d): swapping twice is a no-op.
+            if is_winograd_eligible(child) and min(child.in_channels, child.out_channels) >= min_channels:
                 setattr(parent, name, WinogradConv2d(child, workspace))
                 swapped += 1
     return swapped
