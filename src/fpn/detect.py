@@ -62,16 +62,18 @@ def detect_files(
     device: torch.device,
     score_thresh: float | None = None,
     dtype: torch.dtype = torch.float32,
+    winograd: bool = True,
 ) -> Iterator[DetectResult]:
     """Detections for each image file; an unreadable image yields a result with ``error`` set instead.
 
-    The model is put in eval mode on ``device`` and optimized for inference in place, in ``dtype`` (see
-    :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save it afterwards.
+    The model is put in eval mode on ``device`` and optimized for inference in place, in ``dtype`` and with or
+    without Winograd convolutions (see :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save
+    it afterwards.
     """
     model.eval().to(device)
     if not model.optimized:
         # float32: the same detections to float rounding, faster; bfloat16: faster still, close but not equal.
-        model.optimize_for_inference(dtype)
+        model.optimize_for_inference(dtype, winograd=winograd)
     for path in paths:
         try:
             image = open_image(path)

@@ -244,3 +244,32 @@ def test_bf16_precision_finds_the_same_top_detections(weights, image_dir, first_
         and abs(r["score"] - best["score"]) < 0.02
         for r in bf16
     )
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["winograd", "direct"])
+def test_direct_conv_keeps_the_direct_convolutions(image_dir, direct):
+    from fpn.detect import detect_files
+    from fpn.ops.winograd import WinogradConv2d
+
+    torch.manual_seed(0)
+    config = preset("small-fpn")  # 128-channel pyramid: Winograd unless told otherwise
+    config.class_names = list(CLASSES)
+    config.transform.min_size, config.transform.max_size = [96], 128
+    model = FasterRCNN(config)
+    results = list(detect_files(model, [image_dir / "rgb.jpg"], device=torch.device("cpu"), winograd=not direct))
+    assert results[0].error is None
+    swapped = sum(isinstance(m, WinogradConv2d) for m in model.modules())
+    assert (swapped == 0) if direct else (swapped > 0)
+
+
+def test_direct_conv_flag_reaches_the_detector(weights, image_dir, tmp_path, capsys, monkeypatch):
+    import fpn.cli.detect as detect_cli
+
+    seen = []
+    original = detect_cli.detect_files
+    monkeypatch.setattr(detect_cli, "detect_files", lambda *a, **k: seen.append(k["winograd"]) or original(*a, **k))
+    for flags in ([], ["--direct-conv"]):
+        output = tmp_path / "direct.json"
+        assert detect(image_dir / "rgb.jpg", "--weights", weights, "--output", output, *flags) == 0
+        assert "1 image(s)" in capsys.readouterr().out
+    assert seen == [True, False]
