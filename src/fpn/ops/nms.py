@@ -60,11 +60,9 @@ def batched_nms(
     _check_inputs(boxes, scores)
     if idxs.shape != scores.shape:
         raise ValueError(f"idxs must have the shape of scores {tuple(scores.shape)}, got {tuple(idxs.shape)}")
-    if max_keep is not None:
-        if max_keep < 0:
-            raise ValueError(f"max_keep must be at least 0, got {max_keep}")
-        return _nms(boxes, scores, idxs, iou_threshold, max_keep=max_keep)
-    return _nms(boxes, scores, idxs, iou_threshold)
+    if max_keep is not None and max_keep < 0:
+        raise ValueError(f"max_keep must be at least 0, got {max_keep}")
+    return _nms(boxes, scores, idxs, iou_threshold, max_keep)
 
 
 def _check_inputs(boxes: Tensor, scores: Tensor) -> None:

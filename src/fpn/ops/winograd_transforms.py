@@ -113,9 +113,6 @@ class Workspace:
             self.buffers[role] = buffer
         return buffer[:numel].view(shape)
 
-    def nbytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers.values())
-
 
 class Tiling:
     """How an ``[N, C, H, W]`` map splits into 4x4 output tiles, and those into chunks of tile rows."""
