@@ -7,6 +7,7 @@ Everything runs tiny-fpn at 128x160 with two timed runs on one thread; the peak 
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ KEYS = {
     "gflops_per_s", "peak_gflops_per_s", "peak_kernel", "peak_kernels", "fraction_of_peak", "peak_mb",
     "peak_mb_method", "stages", "size", "batch", "threads", "precision", "mode", "device", "model", "design",
     "params", "machine", "date", "runs", "warmup", "weights", "executed_gflops", "executed_gflops_per_s",
-    "executed_fraction_of_peak",
+    "executed_fraction_of_peak", "peak_during_runs_gflops_per_s", "paired_fraction_of_peak",
+    "executed_paired_fraction_of_peak",
 }  # fmt: skip
 
 
@@ -69,6 +71,12 @@ def check_relations(record: dict, mode: str, batch: int) -> None:
     assert record["executed_fraction_of_peak"] == pytest.approx(ratio * record["fraction_of_peak"])
     assert record["peak_gflops_per_s"] == pytest.approx(max(record["peak_kernels"].values()))
     assert record["peak_kernels"][record["peak_kernel"]] == record["peak_gflops_per_s"]
+    # The peak kernel is timed again after each run; each run's effective rate is set against its own probe.
+    rates = record["peak_during_runs_gflops_per_s"]
+    assert len(rates) == record["runs"] and all(rate > 0 for rate in rates)
+    paired = [record["gflops"] / t / rate for t, rate in zip(times, rates)]
+    assert record["paired_fraction_of_peak"] == pytest.approx(statistics.median(paired))
+    assert record["executed_paired_fraction_of_peak"] == pytest.approx(ratio * record["paired_fraction_of_peak"])
     assert {"cpu", "cores", "torch"} <= set(record["machine"])
 
 
@@ -103,6 +111,8 @@ def test_winograd_counts_its_executed_flops_apart_from_what_the_layers_are_worth
         model(bench.synthetic_images(1, *SIZE))
     assert record["gflops"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
     assert record["executed_gflops"] < 0.9 * record["gflops"]
+    # A given peak is not measured, so there is nothing to pair the runs with.
+    assert record["peak_during_runs_gflops_per_s"] == [] and record["paired_fraction_of_peak"] is None
 
 
 def test_train_record(train, infer):

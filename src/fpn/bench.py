@@ -30,6 +30,12 @@ The peak is the best rate of a few dense kernels at the same thread count (see :
 with running all of its layers at the machine's best convolution/GEMM rate; above 1 is possible only through
 fewer multiplications. ``executed_fraction_of_peak`` is the arithmetic actually done over the peak.
 
+Where the machine's speed drifts (shared hosts: the same kernel can run 3x faster one minute than the next),
+a peak measured before the runs says little about the moment of each run. So the best kernel is also timed
+right after every timed iteration (``peak_during_runs_gflops_per_s``), and ``paired_fraction_of_peak`` is the
+median over iterations of that iteration's effective rate over the peak measured next to it; ``executed_``
+likewise. The probe runs outside the timed interval.
+
 Peak memory, on the CPU, is measured in a fresh subprocess that builds the same model and inputs and runs
 one iteration: the resident-set high-water mark during that iteration minus the resident set just before it
 (Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``; elsewhere ``ru_maxrss``). It counts
@@ -347,6 +353,13 @@ class Timings:
 
     times: list[float] = field(default_factory=list)
     stages: list[dict[str, float]] = field(default_factory=list)
+    peak_rates: list[float] = field(default_factory=list)  # GFLOP/s of the peak kernel right after each run
+
+    def paired_fraction(self, gflops: float) -> float | None:
+        """Median over runs of ``gflops / time`` over the peak measured next to that run (None without probes)."""
+        if not self.peak_rates:
+            return None
+        return statistics.median(gflops / t / rate for t, rate in zip(self.times, self.peak_rates))
 
     def summary(self) -> dict[str, Any]:
         return spread(self.times)
@@ -376,8 +389,19 @@ def spread(times: list[float]) -> dict[str, Any]:
     }
 
 
-def time_runs(step: Callable[[], None], timer: StageTimer, *, runs: int, warmup: int, device: torch.device) -> Timings:
-    """``warmup`` untimed iterations, then ``runs`` timed ones with their stage totals."""
+def time_runs(
+    step: Callable[[], None],
+    timer: StageTimer,
+    *,
+    runs: int,
+    warmup: int,
+    device: torch.device,
+    probe: Callable[[], float] | None = None,
+) -> Timings:
+    """``warmup`` untimed iterations, then ``runs`` timed ones with their stage totals.
+
+    ``probe`` (optional) returns the machine's current peak rate; it runs after each timed iteration.
+    """
     for _ in range(warmup):
         timer.reset()
         step()
@@ -390,6 +414,8 @@ def time_runs(step: Callable[[], None], timer: StageTimer, *, runs: int, warmup:
         synchronize(device)
         timings.times.append(time.perf_counter() - start)
         timings.stages.append(dict(timer.totals))
+        if probe is not None:
+            timings.peak_rates.append(probe())
     return timings
 
 
@@ -433,16 +459,34 @@ def measure_peak(
     with torch.inference_mode():
         for name, flops, run in peak_kernels(precision, device, scale):
             run()  # warm-up: allocations and the library's choice of algorithm
-            best = math.inf
-            for _ in range(repeats):
-                synchronize(device)
-                start = time.perf_counter()
-                run()
-                synchronize(device)
-                best = min(best, time.perf_counter() - start)
-            rates[name] = flops / max(best, 1e-9) / 1e9
+            rates[name] = _best_rate(run, flops, repeats, device)
     best_name = max(rates, key=rates.__getitem__)
     return {"gflops_per_s": rates[best_name], "kernel": best_name, "kernels": rates}
+
+
+def _best_rate(run: Callable[[], Any], flops: float, repeats: int, device: torch.device) -> float:
+    """GFLOP/s of the fastest of ``repeats`` calls of ``run``."""
+    best = math.inf
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return flops / max(best, 1e-9) / 1e9
+
+
+def peak_probe(
+    kernel: str, *, precision: str, device: torch.device, scale: float = 1.0, repeats: int = 2
+) -> Callable[[], float]:
+    """A function returning the current GFLOP/s of the peak kernel named ``kernel`` (best of ``repeats``)."""
+    flops, run = next((f, r) for name, f, r in peak_kernels(precision, device, scale) if name == kernel)
+
+    def probe() -> float:
+        with torch.inference_mode():
+            return _best_rate(run, flops, repeats, device)
+
+    return probe
 
 
 # ------------------------------------------------------------------------------------------------- memory
@@ -557,15 +601,19 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         "bench %s: %s, %s, %d image(s) of %s, %d thread(s), %s",
         prepared.name, options.mode, options.precision, prepared.batch, format_size(prepared.size), threads, device,
     )  # fmt: skip
+    if options.peak_gflops is not None:
+        peak = {"gflops_per_s": float(options.peak_gflops), "kernel": "given", "kernels": {}}
+        probe = None
+    else:
+        peak = measure_peak(precision=options.precision, device=device, scale=options.peak_scale)
+        probe = peak_probe(peak["kernel"], precision=options.precision, device=device, scale=options.peak_scale)
     with prepared.timer:
-        timings = time_runs(prepared.step, prepared.timer, runs=options.runs, warmup=options.warmup, device=device)
+        timings = time_runs(
+            prepared.step, prepared.timer, runs=options.runs, warmup=options.warmup, device=device, probe=probe
+        )
         executed_gflops = count_gflops(prepared.step)
         gflops = nominal_gflops(prepared.model, prepared.step)
         scaling = _scaling(options, prepared, timings, gflops) if options.scaling else None
-    if options.peak_gflops is not None:
-        peak = {"gflops_per_s": float(options.peak_gflops), "kernel": "given", "kernels": {}}
-    else:
-        peak = measure_peak(precision=options.precision, device=device, scale=options.peak_scale)
     peak_mb, memory_method = peak_memory(options, prepared) if options.memory else (None, "not measured")
 
     summary = timings.summary()
@@ -599,6 +647,9 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         "executed_gflops": executed_gflops,
         "executed_gflops_per_s": executed_gflops / median,
         "executed_fraction_of_peak": executed_gflops / median / peak["gflops_per_s"],
+        "peak_during_runs_gflops_per_s": timings.peak_rates,
+        "paired_fraction_of_peak": timings.paired_fraction(gflops),
+        "executed_paired_fraction_of_peak": timings.paired_fraction(executed_gflops),
         "peak_mb": peak_mb,
         "peak_mb_method": memory_method,
         "machine": machine,

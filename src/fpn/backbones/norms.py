@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from fpn.ops.conv_pointwise import conv_relu
+
 
 class FrozenBatchNorm2d(nn.Module):
     """BatchNorm with fixed statistics and affine parameters, all stored as buffers.
@@ -57,6 +59,24 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
         return norm(conv(x))
     weight, bias = folded_weight_bias(conv, norm)
     return conv._conv_forward(x, weight, bias)  # the module's own convolution (e.g. Winograd), other weights
+
+
+def conv_norm_relu(
+    conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``relu(norm(conv(x)) + residual)`` (``residual`` optional), the step every ResNet block is made of.
+
+    Once ``optimize_for_inference`` has folded the norm away (an ``Identity``), the three operations run as
+    one oneDNN kernel where they can (:func:`fpn.ops.conv_pointwise.conv_relu`); otherwise separately,
+    the add and the ReLU in place (a fresh map per block costs a full write, and page faults, on the CPU;
+    nothing saved for backward reads the norm's output).
+    """
+    if isinstance(norm, nn.Identity):
+        return conv_relu(conv, x, residual)
+    out = conv_norm(conv, norm, x)
+    if residual is not None:
+        out += residual
+    return torch.relu_(out)
 
 
 def folded_weight_bias(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

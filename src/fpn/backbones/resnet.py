@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fpn.backbones.norms import conv_norm, make_norm
+from fpn.backbones.norms import conv_norm, conv_norm_relu, make_norm
 from fpn.levels import Level, level
 
 # Blocks per stage for each depth, and whether the depth uses bottleneck blocks.
@@ -62,15 +62,12 @@ class BasicBlock(nn.Module):
         self.bn1 = _norm(norm, planes)
         self.conv2 = _conv3x3(planes, planes)
         self.bn2 = _norm(norm, planes)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = _projection(cin, planes, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
-        out = self.relu(conv_norm(self.conv1, self.bn1, x))
-        out = conv_norm(self.conv2, self.bn2, out)
-        out += identity  # in place: a fresh map per block costs a full write (and page faults) on the CPU
-        return self.relu(out)
+        out = conv_norm_relu(self.conv1, self.bn1, x)
+        return conv_norm_relu(self.conv2, self.bn2, out, residual=identity)
 
 
 class Bottleneck(nn.Module):
@@ -86,16 +83,13 @@ class Bottleneck(nn.Module):
         self.bn2 = _norm(norm, planes)
         self.conv3 = _conv1x1(planes, planes * 4)
         self.bn3 = _norm(norm, planes * 4)
-        self.relu = nn.ReLU(inplace=True)
         self.downsample = _projection(cin, planes * 4, stride, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
-        out = self.relu(conv_norm(self.conv1, self.bn1, x))
-        out = self.relu(conv_norm(self.conv2, self.bn2, out))
-        out = conv_norm(self.conv3, self.bn3, out)
-        out += identity  # in place: nothing saved for backward reads the norm's output
-        return self.relu(out)
+        out = conv_norm_relu(self.conv1, self.bn1, x)
+        out = conv_norm_relu(self.conv2, self.bn2, out)
+        return conv_norm_relu(self.conv3, self.bn3, out, residual=identity)
 
 
 def _projection(cin: int, cout: int, stride: int, norm: tuple[str, float]) -> nn.Sequential | None:
@@ -136,7 +130,6 @@ class ResNet(nn.Module):
         spec = (norm, bn_eps)
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = _norm(spec, width)
-        self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         cin = width
         stages = []
@@ -194,7 +187,7 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: [N, 3, H, W] normalised images -> ``{"c2": ..., "c5": ...}`` (shapes in the class docstring)."""
-        x = self.maxpool(self.relu(conv_norm(self.conv1, self.bn1, x)))
+        x = self.maxpool(conv_norm_relu(self.conv1, self.bn1, x))
         out = {}
         for lv in self.levels:
             x = getattr(self, f"layer{lv.index - 1}")(x)

@@ -14,6 +14,9 @@ network sees exactly --size pixels (its resize is set to keep that size). Prints
   executed_gflops, executed_gflops_per_s                  the same for what ran (Winograd: fewer multiplications)
   peak_gflops_per_s, peak_kernel, peak_kernels            best of a GEMM and 3x3 convolutions, same threads
   fraction_of_peak, executed_fraction_of_peak             gflops_per_s (executed_...) / peak_gflops_per_s
+  peak_during_runs_gflops_per_s                           the peak kernel timed right after each iteration
+  paired_fraction_of_peak, executed_paired_fraction_...   median over iterations of its rate / the peak next
+                                                          to it (for machines whose speed drifts)
   peak_mb, peak_mb_method                                 memory one iteration adds (RSS high-water mark in
                                                           a fresh process on the CPU; CUDA allocator on GPU)
   size, batch, threads, precision, mode, device, model, design, params, machine, date, command
@@ -123,6 +126,17 @@ def report(result: dict) -> str:
         f"{100 * result['fraction_of_peak']:.0f}% of the peak {result['peak_gflops_per_s']:.1f} GFLOP/s "
         f"({result['peak_kernel']})",
     ]
+    if result.get("paired_fraction_of_peak") is not None:
+        rates = result["peak_during_runs_gflops_per_s"]
+        lines.append(
+            f"  paired     {100 * result['paired_fraction_of_peak']:.0f}% of the peak measured after each "
+            f"iteration ({min(rates):.1f}-{max(rates):.1f} GFLOP/s)"
+            + (
+                f", executed {100 * result['executed_paired_fraction_of_peak']:.0f}%"
+                if result["executed_gflops"] < result["gflops"]
+                else ""
+            )
+        )
     if result["executed_gflops"] < result["gflops"]:
         lines.append(
             f"  executed   {result['executed_gflops']:.2f} GFLOPs (Winograd), {result['executed_gflops_per_s']:.1f} "

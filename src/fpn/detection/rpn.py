@@ -25,6 +25,7 @@ from fpn.ops import (
     batched_nms,
     box_iou,
     clip_boxes_to_image,
+    conv_relu,
     remove_small_boxes,
 )
 
@@ -42,7 +43,7 @@ class RPNHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = F.relu(self.conv(feature))
+        hidden = conv_relu(self.conv, feature)  # one oneDNN kernel in CPU inference
         return self.cls_logits(hidden), self.bbox_pred(hidden)
 
 

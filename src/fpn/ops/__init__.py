@@ -1,4 +1,5 @@
-"""Detection ops in plain PyTorch: box geometry and coding, NMS, RoIAlign, multi-scale pooling, matching.
+"""Detection ops in plain PyTorch: box geometry and coding, NMS, RoIAlign, multi-scale pooling, matching
+(and a fused convolution + ReLU for CPU inference).
 
 Everything here reproduces torchvision's semantics (checked against golden files produced by it) without
 importing torchvision, whose compiled ops are not available everywhere this package runs.
@@ -7,6 +8,7 @@ importing torchvision, whose compiled ops are not available everywhere this pack
 from __future__ import annotations
 
 from fpn.ops.boxes import BoxCoder, box_area, box_iou, clip_boxes_to_image, remove_small_boxes
+from fpn.ops.conv_pointwise import conv_relu
 from fpn.ops.matching import BalancedPositiveNegativeSampler, Matcher
 from fpn.ops.nms import batched_nms, nms
 from fpn.ops.poolers import MultiScaleRoIAlign, assign_levels
@@ -23,6 +25,7 @@ __all__ = [
     "box_iou",
     "boxes_to_rois",
     "clip_boxes_to_image",
+    "conv_relu",
     "nms",
     "remove_small_boxes",
     "roi_align",
