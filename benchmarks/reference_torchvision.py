@@ -372,6 +372,11 @@ def memory_cell(measured: dict[str, Any]) -> str:
     return f"{measured['peak_mb']:.0f}{spread_mb}"
 
 
+def paired_ratio(base_times: list[float], times: list[float]) -> float:
+    """Median of ``base / time`` over the calls of the same round and image (the lists are in the same order)."""
+    return statistics.median(b / t for b, t in zip(base_times, times))
+
+
 def markdown(record: dict[str, Any]) -> str:
     machine = record["machine"]
     sizes = ", ".join(f"{name} {size}" for name, size in record["sizes"].items())
@@ -385,26 +390,30 @@ def markdown(record: dict[str, Any]) -> str:
         f"images, training steps of {record['batch']}; load average "
         f"{machine.get('load_average_1m', float('nan')):.2f} at the end.",
         "",
-        "| model | task | input | median s | min s | max s | IQR s | images/s | vs torchvision | best vs best |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | task | input | median s | min s | max s | IQR s | images/s | vs torchvision | best vs best "
+        "| paired |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for task, unit in (("infer", "per image"), ("train", f"per step of {record.get('batch')}")):
         results = record.get(task) or {}
         for name, stats in results.items():
             base = results.get(stats["baseline"])
-            ratio = best = ""
+            ratio = best = paired = ""
             if base and base is not stats:
                 ratio, best = f"{base['median_s'] / stats['median_s']:.2f}x", f"{base['min_s'] / stats['min_s']:.2f}x"
+                paired = f"{paired_ratio(base['times_s'], stats['times_s']):.2f}x"
             lines.append(
                 f"| {name} | {task} ({unit}) | {stats['size']} | {stats['median_s']:.3f} | {stats['min_s']:.3f} "
-                f"| {stats['max_s']:.3f} | {stats['iqr_s']:.3f} | {stats['images_per_s']:.3f} | {ratio} | {best} |"
+                f"| {stats['max_s']:.3f} | {stats['iqr_s']:.3f} | {stats['images_per_s']:.3f} | {ratio} | {best} "
+                f"| {paired} |"
             )
     lines += [
         "",
         "\"vs torchvision\" is the torchvision model's median time over the row's (above 1: fpn is faster); bf16 rows "
         'against torchvision in fp32. "best vs best" is the same for the fastest time of each: on a shared machine '
-        "whose speed varies from minute to minute, each model's best time is the one least disturbed. Timings are "
-        "comparable only within one run on one machine.",
+        'whose speed varies from minute to minute, each model\'s best time is the one least disturbed. "paired" is '
+        "the median over rounds of the ratio of the two times measured in the same round (same image, run next to "
+        "each other): drift between rounds cancels. Timings are comparable only within one run on one machine.",
     ]
     if record.get("memory"):
         lines += [

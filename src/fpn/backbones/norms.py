@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fpn.ops.conv_pointwise import conv_relu
+from fpn.ops.group_norm import GroupNorm
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -101,5 +102,5 @@ def make_norm(kind: str, channels: int, eps: float = 1e-5) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels, eps=eps)
     if kind == "gn":
-        return nn.GroupNorm(group_count(channels), channels)
+        return GroupNorm(group_count(channels), channels)  # nn.GroupNorm with a fast channels-last backward
     raise ValueError(f"unknown norm {kind!r}")

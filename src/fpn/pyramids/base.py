@@ -13,6 +13,7 @@ from torch import nn
 
 from fpn.backbones.norms import group_count
 from fpn.levels import Level, check_levels
+from fpn.ops.group_norm import GroupNorm
 
 
 class Pyramid(nn.Module):
@@ -55,5 +56,5 @@ def _conv(cin: int, cout: int, kernel: int, norm: str) -> nn.Module:
     if norm == "none":
         return conv
     if norm == "gn":
-        return nn.Sequential(conv, nn.GroupNorm(group_count(cout), cout))
+        return nn.Sequential(conv, GroupNorm(group_count(cout), cout))
     raise ValueError(f"unknown pyramid norm {norm!r}")
