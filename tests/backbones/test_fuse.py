@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fpn.ops.conv_pointwise as conv_pointwise
-from fpn.backbones.fuse import fold_frozen_batchnorms
+from fpn.backbones.fuse import fold_frozen_batchnorms, let_blocks_overwrite_inputs
 from fpn.backbones.resnet import ResNet
 
 from .test_norms import close
@@ -29,10 +29,14 @@ def test_folded_and_fused_backbone_gives_the_unoptimized_outputs(depth, monkeypa
         expected = model(x)
         folded = sum(isinstance(m, torch.nn.Identity) for m in model.modules())
         assert fold_frozen_batchnorms(model) == (20 if depth == 18 else 53) and folded == 0
+        # Blocks accumulate into their inputs: 2 blocks per stage in a ResNet-18, 3/4/6/3 in a ResNet-50.
+        assert let_blocks_overwrite_inputs(model) == (8 if depth == 18 else 16)
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+        kept = x.clone()
         assert conv_pointwise.fusable(model.conv1, x)
         fused = model(x)
+        assert torch.equal(x, kept)  # the image is the stem's input, never a block's
         monkeypatch.setattr(conv_pointwise, "fusable", lambda *_: False)
         separate = model(x)
     for key, value in expected.items():

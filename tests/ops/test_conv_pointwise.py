@@ -50,6 +50,17 @@ def test_float32_fused_equals_separate_operations_to_rounding(geometry):
     assert out.stride() == expected.stride() and out_sum.stride() == expected.stride()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_overwriting_the_residual_returns_it_holding_the_result(dtype):
+    conv, x = _conv_and_input(1, 1, 0, True, 1, dtype=dtype)
+    with torch.inference_mode():
+        residual = torch.randn_like(conv(x))
+        expected = conv_relu(conv, x, residual.clone())
+        out = conv_relu(conv, x, residual, overwrite_residual=True)
+    assert out is residual
+    assert torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_bfloat16_fused_is_within_one_rounding_of_float32(geometry):
     conv, x = _conv_and_input(*geometry, dtype=torch.bfloat16)

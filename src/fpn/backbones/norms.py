@@ -63,17 +63,22 @@ def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor
 
 
 def conv_norm_relu(
-    conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor, residual: torch.Tensor | None = None
+    conv: nn.Conv2d,
+    norm: nn.Module,
+    x: torch.Tensor,
+    residual: torch.Tensor | None = None,
+    *,
+    overwrite_residual: bool = False,
 ) -> torch.Tensor:
     """``relu(norm(conv(x)) + residual)`` (``residual`` optional), the step every ResNet block is made of.
 
     Once ``optimize_for_inference`` has folded the norm away (an ``Identity``), the three operations run as
-    one oneDNN kernel where they can (:func:`fpn.ops.conv_pointwise.conv_relu`); otherwise separately,
-    the add and the ReLU in place (a fresh map per block costs a full write, and page faults, on the CPU;
-    nothing saved for backward reads the norm's output).
+    one oneDNN kernel where they can (:func:`fpn.ops.conv_pointwise.conv_relu`; with ``overwrite_residual``
+    writing into ``residual``); otherwise separately, the add and the ReLU in place (a fresh map per block
+    costs a full write, and page faults, on the CPU; nothing saved for backward reads the norm's output).
     """
     if isinstance(norm, nn.Identity):
-        return conv_relu(conv, x, residual)
+        return conv_relu(conv, x, residual, overwrite_residual=overwrite_residual)
     out = conv_norm(conv, norm, x)
     if residual is not None:
         out += residual

@@ -51,7 +51,19 @@ def _conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+    # Set by FasterRCNN.optimize_for_inference: the block may overwrite its input in inference (the stage
+    # loop passes each block's output on to the next block only; a forward hook that keeps a block's output
+    # of an optimized backbone sees it overwritten by the next block).
+    overwrite_input = False
+
+    def owns(self, identity: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether the shortcut may receive the block's result in place: a projection's fresh output, or the
+        block's input where the backbone allows it."""
+        return identity is not x or self.overwrite_input
+
+
+class BasicBlock(_Block):
     """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut: ResNet-18/34."""
 
     expansion = 1
@@ -67,10 +79,10 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
         out = conv_norm_relu(self.conv1, self.bn1, x)
-        return conv_norm_relu(self.conv2, self.bn2, out, residual=identity)
+        return conv_norm_relu(self.conv2, self.bn2, out, residual=identity, overwrite_residual=self.owns(identity, x))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3 (carrying the stride, "ResNet v1.5"), 1x1 expand by 4: ResNet-50/101."""
 
     expansion = 4
@@ -89,7 +101,7 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
         out = conv_norm_relu(self.conv1, self.bn1, x)
         out = conv_norm_relu(self.conv2, self.bn2, out)
-        return conv_norm_relu(self.conv3, self.bn3, out, residual=identity)
+        return conv_norm_relu(self.conv3, self.bn3, out, residual=identity, overwrite_residual=self.owns(identity, x))
 
 
 def _projection(cin: int, cout: int, stride: int, norm: tuple[str, float]) -> nn.Sequential | None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fpn.backbones import build_backbone
-from fpn.backbones.fuse import fold_frozen_batchnorms
+from fpn.backbones.fuse import fold_frozen_batchnorms, let_blocks_overwrite_inputs
 from fpn.config import ModelConfig
 from fpn.detection.image_pyramid import detect_multiscale
 from fpn.detection.roi_heads import RoIHeads
@@ -63,11 +63,15 @@ class FasterRCNN(nn.Module):
         decoding, scores and NMS stay in float32; its accuracy change is measured, not zero
         (benchmarks/bf16_accuracy.py); Winograd is not used there (bfloat16 cannot carry its transforms).
         The weights change shape, so an optimized model can neither train nor be saved: load it again.
+        On the CPU, convolution + shortcut + ReLU run as one oneDNN kernel (:mod:`fpn.ops.conv_pointwise`)
+        that writes each ResNet block's result into the block's input: a forward hook that keeps a block's
+        output sees it overwritten by the next block (the stage outputs C2..C5 are not).
         """
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"optimize_for_inference supports float32 and bfloat16, not {dtype}")
         if self.config.backbone.norm == "frozen_bn":
             fold_frozen_batchnorms(self.backbone)
+            let_blocks_overwrite_inputs(self.backbone)  # fused residual blocks accumulate in place
         self.use_channels_last()
         if dtype != torch.float32:
             for network in self._networks():
