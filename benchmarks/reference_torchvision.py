@@ -44,11 +44,6 @@ default each preset's test size (``fpn.measure.eval_size``: 352x469, what ``fpn 
    first step, so gradients and momentum buffers count). That reading varies by tens of MB from process to
    process, so ``--memory-runs`` processes per model (in rounds over all models) give a median and a range.
 
-``--allocator`` (default ``shipped``): torchvision's calls run with glibc's allocator defaults, as torchvision users
-get them, and fpn's with freed memory kept, as the ``fpn`` command runs (``fpn.allocator``); the setting is switched
-before each model's calls (and in each memory probe). ``default`` or ``kept`` run every model alike: the comparison
-of the code alone.
-
 Prints Markdown tables and writes them with a JSON record (machine, threads, exact command) to
 ``benchmarks/results/reference_<date>.{md,json}`` (``--out-dir``). Numbers are comparable only within one run on
 one machine.
@@ -94,7 +89,6 @@ from torchvision_equivalents import (  # noqa: E402
     trainable_names,
 )
 
-from fpn.allocator import keep_freed_memory  # noqa: E402
 from fpn.bench import fit_input, format_size, parse_size, spread, synthetic_targets  # noqa: E402
 from fpn.checkpoints import load_detector  # noqa: E402
 from fpn.data.images import pil_to_tensor  # noqa: E402
@@ -108,12 +102,6 @@ IMAGE_SEEDS = (11, 22, 33, 44, 55, 66)
 PRESETS = ("r50-fpn", "r18-fpn", "small-fpn", "tiny-fpn")
 LARGE_PRESETS = ("r50-fpn", "r18-fpn")  # COCO-sized: --size; the others: --small-size
 SEED = 0
-ALLOCATOR_MODES = ("shipped", "default", "kept")
-ALLOCATOR_NOTES = {
-    "shipped": "torchvision with glibc's defaults, fpn with freed memory kept (fpn.allocator, as the fpn command runs)",
-    "default": "glibc's defaults for every model",
-    "kept": "freed memory kept (fpn.allocator) for every model",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -137,14 +125,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-bf16", action="store_true", help="skip the bf16 rows (fpn's bf16 inference, bf16 autocast training)"
-    )
-    parser.add_argument(
-        "--allocator",
-        choices=ALLOCATOR_MODES,
-        default="shipped",
-        help="glibc allocator setting per model: 'shipped' (default) runs torchvision's calls with glibc's "
-        "defaults and fpn's with freed memory kept, as the fpn command does (fpn.allocator); 'default' or 'kept' "
-        "run every model alike",
     )
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results", help="where results go")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: the memory subprocess's job
@@ -243,24 +223,13 @@ def bf16_model(pair: Pair) -> tuple[torch.nn.Module, Callable[[], Any], str]:
 
 
 # ------------------------------------------------------------------------------------------------------ timing
-def keeps_freed_memory(name: str, mode: str) -> bool:
-    """Whether the row ``name`` (``torchvision ...`` or ``fpn ...``) runs with fpn.allocator's setting."""
-    return mode == "kept" or (mode == "shipped" and name.startswith("fpn"))
-
-
-def interleaved(
-    tasks: dict[str, list[Callable[[], Any]]], *, runs: int, warmup: int, allocator: str = "default"
-) -> dict[str, list[float]]:
-    """Each round runs every task's calls once; the tasks' order rotates each round. Times of timed rounds.
-
-    Before each task's calls the allocator is set as ``allocator`` says for that task (:func:`keeps_freed_memory`).
-    """
+def interleaved(tasks: dict[str, list[Callable[[], Any]]], *, runs: int, warmup: int) -> dict[str, list[float]]:
+    """Each round runs every task's calls once; the tasks' order rotates each round. Times of timed rounds."""
     names = list(tasks)
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + runs):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            keep_freed_memory(keeps_freed_memory(name, allocator))
             for call in tasks[name]:
                 start = time.perf_counter()
                 call()
@@ -326,7 +295,6 @@ def as_fpn_train_runs(model: Any) -> Any:
 def memory_probe_process(job_json: str) -> int:
     """Subprocess: build the pair as the main process does, one training step of one model, print its peak."""
     job = json.loads(job_json)
-    keep_freed_memory(keeps_freed_memory(job["which"], job["allocator"]))
     torch.set_num_threads(job["threads"])
     pair = build_pair(job["preset"], tuple(job["size"]), job["images"])
     model = pair.reference if job["which"] == "torchvision" else as_fpn_train_runs(pair.ours)
@@ -339,7 +307,7 @@ def memory_probe_process(job_json: str) -> int:
 def probe_memory(pair: Pair, which: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run one probe process (:func:`memory_probe_process`): ``{"peak_mb": MB or None, "method": ...}``."""
     job = {"preset": pair.preset, "which": which, "size": list(pair.size), "images": args.images}
-    job.update(batch=args.batch, threads=args.threads, allocator=args.allocator)
+    job.update(batch=args.batch, threads=args.threads)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     result = subprocess.run(
         [sys.executable, __file__, "--memory-probe", json.dumps(job)], capture_output=True, text=True, env=env
@@ -419,8 +387,7 @@ def markdown(record: dict[str, Any]) -> str:
         "",
         f"{machine['cpu']} ({machine['usable_cores']} usable cores), {record['threads']} thread(s), "
         f"torch {machine['torch']}, torchvision {machine['torchvision']}; inputs: {sizes}; {record['images']} "
-        f"images, training steps of {record['batch']}; "
-        f"allocator: {ALLOCATOR_NOTES[record.get('allocator', 'default')]}; load average "
+        f"images, training steps of {record['batch']}; load average "
         f"{machine.get('load_average_1m', float('nan')):.2f} at the end.",
         "",
         "| model | task | input | median s | min s | max s | IQR s | images/s | vs torchvision | best vs best "
@@ -543,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             name: [infer_call(model, image, context) for image in pair.images]
             for name, (pair, model, context) in infer_models.items()
         }
-        times = interleaved(tasks, runs=args.runs, warmup=args.warmup, allocator=args.allocator)
+        times = interleaved(tasks, runs=args.runs, warmup=args.warmup)
         infer = {name: summarize(times[name], 1, **meta[infer_models[name][0].preset]) for name in tasks}
 
     train = None
@@ -563,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 tasks[f"{label} {pair.preset}"] = [train_call(model, images, targets, amp)]
                 presets[f"{label} {pair.preset}"] = pair.preset
-        times = interleaved(tasks, runs=args.train_runs, warmup=args.warmup, allocator=args.allocator)
+        times = interleaved(tasks, runs=args.train_runs, warmup=args.warmup)
         train = {name: summarize(times[name], args.batch, **meta[presets[name]]) for name in tasks}
 
     memory = None
@@ -585,7 +552,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "warmup": args.warmup,
         "batch": args.batch,
-        "allocator": args.allocator,
         "train_runs": None if args.no_train else args.train_runs,
         "weights": "r50-fpn: tools/reference/deterministic_weights.py (the parity goldens' weights); others: "
         f"fpn's preset initialisation after torch.manual_seed({SEED})",

@@ -13,7 +13,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fpn.allocator import apply_from_environment
 from fpn.errors import FpnError
 
 # Subcommands in the order `fpn --help` lists them; each name is a module fpn.cli.<name>.
@@ -35,7 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    apply_from_environment()  # reuse freed memory instead of faulting in fresh pages for every map (fpn.allocator)
     try:
         return int(args.run(args) or 0)
     except FpnError as exc:
