@@ -59,10 +59,30 @@ def test_native_kernel_where_the_closed_form_does_not_pay_or_apply():
     assert not gn._use_closed_form(norm, nchw)
     with torch.no_grad():
         assert not gn._use_closed_form(norm, large)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not gn._use_closed_form(norm, large)
     assert not gn._use_closed_form(GroupNorm(8, 16, affine=False), large)
     assert type(norm(nchw).grad_fn).__name__ != "_ChannelsLastGroupNormBackward"
+
+
+def test_bfloat16_maps_under_autocast_get_the_native_forward_and_a_float32_backward():
+    torch.manual_seed(0)
+    norm = _norm(16, 64)
+    x = _map((2, 64, 40, 30)).detach().bfloat16().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gn._use_closed_form(norm, x)
+        out = norm(x)
+        expected = F.group_norm(x, 16, norm.weight, norm.bias, norm.eps)  # autocast keeps it in bfloat16
+    assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+    grad = torch.randn_like(out)
+    ours = torch.autograd.grad(out, (x, norm.weight, norm.bias), grad)
+    native = torch.autograd.grad(expected, (x, norm.weight, norm.bias), grad)
+    assert [g.dtype for g in ours] == [g.dtype for g in native] == [torch.bfloat16, torch.float32, torch.float32]
+    # The same gradients as the float32 closed form on the widened map, rounded once to bfloat16 ...
+    wide = x.detach().float().requires_grad_(True)
+    reference = torch.autograd.grad(norm(wide), (wide, norm.weight, norm.bias), grad.float())
+    assert torch.equal(ours[0], reference[0].bfloat16())
+    # ... and the native bfloat16 kernel's to within bfloat16 rounding (8 significant bits).
+    for got, want in zip(ours, native):
+        assert float((got.float() - want.float()).abs().max()) <= 2**-7 * float(want.float().abs().max())
 
 
 def test_frozen_affine_parameters_get_no_gradient_and_state_dict_is_nn_groupnorms():
