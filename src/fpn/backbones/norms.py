@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from fpn.ops.conv_pointwise import conv_relu
+from fpn.ops.conv_pointwise import add_relu_, conv_relu
 from fpn.ops.group_norm import GroupNorm
 
 
@@ -74,15 +74,12 @@ def conv_norm_relu(
 
     Once ``optimize_for_inference`` has folded the norm away (an ``Identity``), the three operations run as
     one oneDNN kernel where they can (:func:`fpn.ops.conv_pointwise.conv_relu`; with ``overwrite_residual``
-    writing into ``residual``); otherwise separately, the add and the ReLU in place (a fresh map per block
-    costs a full write, and page faults, on the CPU; nothing saved for backward reads the norm's output).
+    writing into ``residual``); otherwise separately, the add and the ReLU in place
+    (:func:`fpn.ops.conv_pointwise.add_relu_`).
     """
     if isinstance(norm, nn.Identity):
         return conv_relu(conv, x, residual, overwrite_residual=overwrite_residual)
-    out = conv_norm(conv, norm, x)
-    if residual is not None:
-        out += residual
-    return torch.relu_(out)
+    return add_relu_(conv_norm(conv, norm, x), residual)
 
 
 def folded_weight_bias(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,10 +67,7 @@ def conv_relu(
     copy of ``residual`` into it. Only for a residual nothing else reads afterwards.
     """
     if not fusable(conv, x) or not (residual is None or _same_layout(residual, x)):
-        out = conv(x)
-        if residual is not None:
-            out += residual  # in place: the convolution's output is fresh, and its backward does not read it
-        return F.relu_(out)
+        return add_relu_(conv(x), residual)
     padding, stride, dilation, groups = _geometry(conv)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(
@@ -83,6 +80,17 @@ def conv_relu(
     return torch.ops.mkldnn._convolution_pointwise.binary(
         x, residual, conv.weight, conv.bias, padding, stride, dilation, groups, "add", None, "relu", [], ""
     )
+
+
+def add_relu_(out: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``relu(out + residual)`` written into ``out``, a convolution's (or norm's) fresh output.
+
+    In place: a fresh map per block costs a full write (and page faults) on the CPU, and neither a
+    convolution's nor a norm's backward reads its output.
+    """
+    if residual is not None:
+        out += residual
+    return F.relu_(out)
 
 
 def _fused_convolution_flops(x_shape, *args, out_shape=None, **kwargs) -> int:
