@@ -224,3 +224,32 @@ def test_generator_checks_the_level_chain():
     # p2 then p4: strides do not double, the anchor generator refuses at build time
     with pytest.raises(ModelBuildError, match="anchor generator"):
         AnchorGenerator([level("p2", 8), level("p4", 8)], [32, 64], RATIOS)
+
+
+def test_cached_anchors_equal_fresh_ones_per_size():
+    gen = AnchorGenerator(p_levels(2, 3), [32, 64], RATIOS)
+    first, counts = gen((64, 96), {"p2": (16, 24), "p3": (8, 12)})
+    again, counts_again = gen((64, 96), {"p2": (16, 24), "p3": (8, 12)})
+    assert again is first and counts_again == counts  # served from the cache
+    counts_again.append(0)  # the caller's list is its own
+    assert gen((64, 96), {"p2": (16, 24), "p3": (8, 12)})[1] == counts
+    other, other_counts = gen((32, 64), {"p2": (8, 16), "p3": (4, 8)})
+    fresh = AnchorGenerator(p_levels(2, 3), [32, 64], RATIOS)
+    assert torch.equal(other, fresh((32, 64), {"p2": (8, 16), "p3": (4, 8)})[0])
+    assert other_counts == [8 * 16 * 3, 4 * 8 * 3]
+
+
+def test_anchor_cache_is_bounded():
+    gen = AnchorGenerator(p_levels(3), [32], RATIOS)
+    for k in range(1, AnchorGenerator.CACHE_SIZE + 5):
+        gen((8 * k, 8), {"p3": (k, 1)})
+    assert len(gen._cache) == AnchorGenerator.CACHE_SIZE
+
+
+def test_anchors_built_in_inference_mode_are_not_reused_under_autograd():
+    gen = AnchorGenerator(p_levels(3), [32], RATIOS)
+    with torch.inference_mode():
+        inference = gen((16, 16), {"p3": (2, 2)})[0]
+    anchors = gen((16, 16), {"p3": (2, 2)})[0]
+    assert inference.is_inference() and not anchors.is_inference()
+    assert torch.equal(anchors, inference)

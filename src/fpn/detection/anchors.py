@@ -50,8 +50,11 @@ class AnchorGenerator(nn.Module):
 
     ``forward(image_size, feature_sizes)`` returns ``[sum_l H_l * W_l * A, 4]`` in padded-image pixels,
     ordered level by level, then row-major over cells, then over the ``A`` anchors of a cell; this is the
-    order in which the RPN head's outputs are flattened.
+    order in which the RPN head's outputs are flattened. Results are cached per sizes and device (read-only:
+    callers must not modify the returned tensor in place).
     """
+
+    CACHE_SIZE = 16  # distinct (image size, feature sizes, device) entries kept
 
     def __init__(self, levels: Sequence[Level], sizes: Sequence[float], aspect_ratios: Sequence[float]) -> None:
         super().__init__()
@@ -61,6 +64,7 @@ class AnchorGenerator(nn.Module):
         self.aspect_ratios = tuple(aspect_ratios)
         self.num_anchors = len(self.aspect_ratios) * len(next(iter(self.sizes.values())))
         self._cells = {name: cell_anchors(s, self.aspect_ratios) for name, s in self.sizes.items()}
+        self._cache: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
 
     def grid(self, name: str, feature_size: Sequence[int], image_size: Sequence[int], device) -> torch.Tensor:
         """Anchors of one level, ``[H * W * A, 4]``."""
@@ -81,8 +85,18 @@ class AnchorGenerator(nn.Module):
         self, image_size: Sequence[int], feature_sizes: dict[str, Sequence[int]], device=None
     ) -> tuple[torch.Tensor, list[int]]:
         """All anchors for a padded image of ``image_size`` (h, w), and the count per level."""
-        grids = [self.grid(lv.name, feature_sizes[lv.name], image_size, device) for lv in self.levels]
-        return torch.cat(grids), [len(g) for g in grids]
+        sizes = tuple(tuple(int(v) for v in feature_sizes[lv.name]) for lv in self.levels)
+        # Anchors depend only on these sizes, and training sees a few (one per min_size): building them
+        # took ~1 ms of a tiny-fpn step. Inference tensors are kept apart (they cannot enter autograd).
+        key = (tuple(int(v) for v in image_size), sizes, str(device), torch.is_inference_mode_enabled())
+        cached = self._cache.get(key)
+        if cached is None:
+            grids = [self.grid(lv.name, size, image_size, device) for lv, size in zip(self.levels, sizes)]
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))  # the oldest entry
+            cached = self._cache[key] = (torch.cat(grids), [len(g) for g in grids])
+        anchors, counts = cached
+        return anchors, list(counts)
 
     def describe(self) -> dict[str, tuple[float, ...]]:
         return dict(self.sizes)

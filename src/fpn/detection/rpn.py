@@ -97,10 +97,9 @@ class RegionProposalNetwork(nn.Module):
         pred_deltas = torch.cat(deltas, dim=1).float()  # [N, total, 4]
         feature_sizes = {name: features[name].shape[-2:] for name in names}
         anchors, per_level = self.anchor_generator(padded_size, feature_sizes, device=objectness.device)
-        num_images = objectness.shape[0]
-        proposals = self.box_coder.decode(pred_deltas.detach().reshape(-1, 4), anchors.repeat(num_images, 1))
-        proposals = proposals.view(num_images, -1, 4)
-        boxes, scores, levels = self.filter_proposals(proposals, objectness.detach(), image_sizes, per_level)
+        boxes, scores, levels = self.filter_proposals(
+            pred_deltas.detach(), anchors, objectness.detach(), image_sizes, per_level
+        )
         losses: dict[str, torch.Tensor] = {}
         if targets is not None:
             losses = self.losses(objectness, pred_deltas, anchors, targets)
@@ -112,12 +111,18 @@ class RegionProposalNetwork(nn.Module):
 
     def filter_proposals(
         self,
-        proposals: torch.Tensor,
+        pred_deltas: torch.Tensor,
+        anchors: torch.Tensor,
         objectness: torch.Tensor,
         image_sizes: Sequence[tuple[int, int]],
         per_level: list[int],
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Top-n per level, clip, drop tiny and low-scoring boxes, NMS per level, top-n per image."""
+        """Top-n per level, decode, clip, drop tiny and low-scoring boxes, NMS per level, top-n per image.
+
+        ``pred_deltas [N, total, 4]`` and ``objectness [N, total]`` are per anchor (``anchors [total, 4]``).
+        Only the top-n candidates are decoded (decoding is per box, so this is the same as decoding all
+        anchors and selecting after): 5 x 1000 of tiny-fpn's 42k anchors per image in training.
+        """
         cfg = self.config
         pre_n = cfg.pre_nms_top_n_train if self.training else cfg.pre_nms_top_n_test
         post_n = cfg.post_nms_top_n_train if self.training else cfg.post_nms_top_n_test
@@ -130,7 +135,10 @@ class RegionProposalNetwork(nn.Module):
         top_idx = torch.cat(top_idx, dim=1)
         batch_idx = torch.arange(objectness.shape[0], device=device)[:, None]
         probs = torch.sigmoid(objectness[batch_idx, top_idx])
-        boxes_all, levels_all = proposals[batch_idx, top_idx], level_ids[top_idx]
+        num_images, candidates = top_idx.shape
+        boxes_all = self.box_coder.decode(pred_deltas[batch_idx, top_idx].reshape(-1, 4), anchors[top_idx.reshape(-1)])
+        boxes_all = boxes_all.view(num_images, candidates, 4)
+        levels_all = level_ids[top_idx]
         out_boxes, out_scores, out_levels = [], [], []
         for boxes, scores, levels, size in zip(boxes_all, probs, levels_all, image_sizes):
             boxes = clip_boxes_to_image(boxes, size)
@@ -152,25 +160,29 @@ class RegionProposalNetwork(nn.Module):
         targets: Sequence[dict[str, torch.Tensor]],
     ) -> dict[str, torch.Tensor]:
         """Objectness BCE and box smooth-L1 over 256 sampled anchors per image (torchvision's recipe)."""
-        labels, regression_targets = [], []
+        labels, matched_gt = [], []
         for target in targets:
             gt = target["boxes"]
             if gt.numel() == 0:
                 labels.append(torch.zeros(len(anchors), device=anchors.device))
-                regression_targets.append(torch.zeros_like(anchors))
+                matched_gt.append(torch.zeros_like(anchors))  # no positives: never read
                 continue
             matched = self.matcher(box_iou(gt, anchors))
             label = (matched >= 0).to(torch.float32)
             label[matched == Matcher.BELOW_LOW_THRESHOLD] = 0.0
             label[matched == Matcher.BETWEEN_THRESHOLDS] = -1.0
             labels.append(label)
-            regression_targets.append(self.box_coder.encode(gt[matched.clamp(min=0)], anchors))
+            matched_gt.append(gt[matched.clamp(min=0)])
         pos_masks, neg_masks = self.sampler(labels)
         pos = torch.where(torch.cat(pos_masks))[0]
         sampled = torch.where(torch.cat(pos_masks) | torch.cat(neg_masks))[0]
         labels_cat = torch.cat(labels)
+        # Regression targets of the sampled positives only (<= 128 per image, not every anchor): encoding is
+        # per box, so the values are those of encoding all anchors and selecting after.
+        pos_anchors = anchors[pos % len(anchors)]
+        regression_targets = self.box_coder.encode(torch.cat(matched_gt)[pos], pos_anchors)
         box_loss = F.smooth_l1_loss(
-            pred_deltas.reshape(-1, 4)[pos], torch.cat(regression_targets)[pos], beta=1 / 9, reduction="sum"
+            pred_deltas.reshape(-1, 4)[pos], regression_targets, beta=1 / 9, reduction="sum"
         ) / max(sampled.numel(), 1)
         objectness_loss = F.binary_cross_entropy_with_logits(objectness.reshape(-1)[sampled], labels_cat[sampled])
         return {"loss_objectness": objectness_loss, "loss_rpn_box_reg": box_loss}
