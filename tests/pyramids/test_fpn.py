@@ -92,3 +92,13 @@ def test_add_upsampled_equals_interpolate_and_add_with_gradients(size, channels_
     weights = torch.randn(expected.shape)
     grads = torch.autograd.grad((expected * weights).sum(), (coarse, lateral_in))
     torch.testing.assert_close(torch.autograd.grad((got * weights).sum(), (coarse, lateral_in)), grads)
+
+
+def test_add_upsampled_keeps_the_wider_dtype_of_mixed_inputs():
+    from fpn.pyramids.fpn import add_upsampled
+
+    coarse = torch.randn(1, 2, 3, 4, dtype=torch.bfloat16, requires_grad=True)
+    lateral = torch.randn(1, 2, 6, 8, requires_grad=True)  # float32: the sum is float32, as `lateral + up` is
+    got = add_upsampled(lateral * 1, coarse)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, lateral + nearest_up(coarse, (6, 8)))
