@@ -65,6 +65,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fpn.allocator import freed_memory_kept, keep_freed_memory
 from fpn.errors import ConfigError
 from fpn.measure import count_gflops, eval_size, machine_info, rss_peak_delta_mb
 from fpn.ops.winograd import direct_convolutions
@@ -354,6 +355,7 @@ class Timings:
     times: list[float] = field(default_factory=list)
     stages: list[dict[str, float]] = field(default_factory=list)
     peak_rates: list[float] = field(default_factory=list)  # GFLOP/s of the peak kernel right after each run
+    page_faults: list[int] = field(default_factory=list)  # minor page faults of the process during each run
 
     def paired_fraction(self, gflops: float) -> float | None:
         """Median over runs of ``gflops / time`` over the peak measured next to that run (None without probes)."""
@@ -389,6 +391,15 @@ def spread(times: list[float]) -> dict[str, Any]:
     }
 
 
+def minor_page_faults() -> int | None:
+    """The process's minor page faults so far (pages the kernel had to map in), None where unknown."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_runs(
     step: Callable[[], None],
     timer: StageTimer,
@@ -409,10 +420,13 @@ def time_runs(
     for _ in range(runs):
         timer.reset()
         synchronize(device)
+        faults = minor_page_faults()
         start = time.perf_counter()
         step()
         synchronize(device)
         timings.times.append(time.perf_counter() - start)
+        if faults is not None:
+            timings.page_faults.append(minor_page_faults() - faults)
         timings.stages.append(dict(timer.totals))
         if probe is not None:
             timings.peak_rates.append(probe())
@@ -534,6 +548,8 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
 def _memory_probe(options_json: str) -> None:
     """Entry point of the memory subprocess: print ``{"peak_mb": ..., "method": ...}`` as the last line."""
     data = json.loads(options_json)
+    if data.pop("keep_freed_memory"):
+        keep_freed_memory()  # the parent's allocator setting: it changes what the step's maps cost
     data["size"] = tuple(data["size"]) if data["size"] else None
     options = BenchOptions(**data)
     if options.threads:
@@ -560,6 +576,7 @@ def peak_memory(options: BenchOptions, prepared: Prepared) -> tuple[float | None
         env["OMP_NUM_THREADS"] = str(options.threads)
     data = asdict(options)
     data.update(device="cpu", size=list(prepared.size), scaling=False, memory=False)
+    data["keep_freed_memory"] = freed_memory_kept()
     code = "import sys; from fpn.bench import _memory_probe; _memory_probe(sys.argv[1])"
     result = subprocess.run(
         [sys.executable, "-c", code, json.dumps(data)], capture_output=True, text=True, env=env, check=False
@@ -652,6 +669,8 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         "executed_paired_fraction_of_peak": timings.paired_fraction(executed_gflops),
         "peak_mb": peak_mb,
         "peak_mb_method": memory_method,
+        "allocator": "freed memory kept (fpn.allocator)" if freed_memory_kept() else "system default",
+        "page_faults_per_iteration": statistics.median(timings.page_faults) if timings.page_faults else None,
         "machine": machine,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -19,6 +19,10 @@ network sees exactly --size pixels (its resize is set to keep that size). Prints
                                                           to it (for machines whose speed drifts)
   peak_mb, peak_mb_method                                 memory one iteration adds (RSS high-water mark in
                                                           a fresh process on the CPU; CUDA allocator on GPU)
+  allocator                                               "freed memory kept" (fpn.allocator; the fpn command's
+                                                          default) or "system default" (FPN_KEEP_FREED_MEMORY=0)
+  page_faults_per_iteration                               median minor page faults of the process per timed
+                                                          iteration (fresh pages mapped in; None where unknown)
   size, batch, threads, precision, mode, device, model, design, params, machine, date, command
   scaling (with --scaling)                                time against image size (time per megapixel and a
                                                           linear fit) and against rpn.post_nms_top_n
@@ -144,6 +148,11 @@ def report(result: dict) -> str:
         )
     if result["peak_mb"] is not None:
         lines.append(f"  memory     +{result['peak_mb']:.0f} MB in one iteration ({result['peak_mb_method']})")
+    faults = result.get("page_faults_per_iteration")
+    lines.append(
+        f"  allocator  {result['allocator']}"
+        + (f", {faults:.0f} page faults per iteration" if faults is not None else "")
+    )
     scaling = result.get("scaling")
     if scaling:
         sizes = ", ".join(f"{p['size']} {p['s_per_megapixel']:.3f}" for p in scaling["sizes"])
