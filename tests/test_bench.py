@@ -26,7 +26,7 @@ KEYS = {
     "peak_mb_method", "stages", "size", "batch", "threads", "precision", "mode", "device", "model", "design",
     "params", "machine", "date", "runs", "warmup", "weights", "executed_gflops", "executed_gflops_per_s",
     "executed_fraction_of_peak", "peak_during_runs_gflops_per_s", "paired_fraction_of_peak",
-    "executed_paired_fraction_of_peak", "allocator", "page_faults_per_iteration",
+    "executed_paired_fraction_of_peak", "page_faults_per_iteration",
 }  # fmt: skip
 
 

@@ -65,7 +65,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fpn.allocator import freed_memory_kept, keep_freed_memory
 from fpn.errors import ConfigError
 from fpn.measure import count_gflops, eval_size, machine_info, rss_peak_delta_mb
 from fpn.ops.winograd import direct_convolutions
@@ -548,8 +547,6 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
 def _memory_probe(options_json: str) -> None:
     """Entry point of the memory subprocess: print ``{"peak_mb": ..., "method": ...}`` as the last line."""
     data = json.loads(options_json)
-    if data.pop("keep_freed_memory"):
-        keep_freed_memory()  # the parent's allocator setting: it changes what the step's maps cost
     data["size"] = tuple(data["size"]) if data["size"] else None
     options = BenchOptions(**data)
     if options.threads:
@@ -576,7 +573,6 @@ def peak_memory(options: BenchOptions, prepared: Prepared) -> tuple[float | None
         env["OMP_NUM_THREADS"] = str(options.threads)
     data = asdict(options)
     data.update(device="cpu", size=list(prepared.size), scaling=False, memory=False)
-    data["keep_freed_memory"] = freed_memory_kept()
     code = "import sys; from fpn.bench import _memory_probe; _memory_probe(sys.argv[1])"
     result = subprocess.run(
         [sys.executable, "-c", code, json.dumps(data)], capture_output=True, text=True, env=env, check=False
@@ -669,7 +665,6 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         "executed_paired_fraction_of_peak": timings.paired_fraction(executed_gflops),
         "peak_mb": peak_mb,
         "peak_mb_method": memory_method,
-        "allocator": "freed memory kept (fpn.allocator)" if freed_memory_kept() else "system default",
         "page_faults_per_iteration": statistics.median(timings.page_faults) if timings.page_faults else None,
         "machine": machine,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

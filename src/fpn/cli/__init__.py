@@ -13,7 +13,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fpn.allocator import apply_from_environment
 from fpn.errors import FpnError
 
 # Subcommands in the order `fpn --help` lists them; each name is a module fpn.cli.<name>.
@@ -32,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    apply_from_environment()  # reuse freed memory instead of faulting in fresh pages for every map (fpn.allocator)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -19,8 +19,6 @@ network sees exactly --size pixels (its resize is set to keep that size). Prints
                                                           to it (for machines whose speed drifts)
   peak_mb, peak_mb_method                                 memory one iteration adds (RSS high-water mark in
                                                           a fresh process on the CPU; CUDA allocator on GPU)
-  allocator                                               "freed memory kept" (fpn.allocator; the fpn command's
-                                                          default) or "system default" (FPN_KEEP_FREED_MEMORY=0)
   page_faults_per_iteration                               median minor page faults of the process per timed
                                                           iteration (fresh pages mapped in; None where unknown)
   size, batch, threads, precision, mode, device, model, design, params, machine, date, command
@@ -148,11 +146,8 @@ def report(result: dict) -> str:
         )
     if result["peak_mb"] is not None:
         lines.append(f"  memory     +{result['peak_mb']:.0f} MB in one iteration ({result['peak_mb_method']})")
-    faults = result.get("page_faults_per_iteration")
-    lines.append(
-        f"  allocator  {result['allocator']}"
-        + (f", {faults:.0f} page faults per iteration" if faults is not None else "")
-    )
+    if result.get("page_faults_per_iteration") is not None:
+        lines.append(f"  faults     {result['page_faults_per_iteration']:.0f} minor page faults per iteration")
     scaling = result.get("scaling")
     if scaling:
         sizes = ", ".join(f"{p['size']} {p['s_per_megapixel']:.3f}" for p in scaling["sizes"])
