@@ -11,9 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fpn.backbones.norms import group_count
+from fpn.backbones.norms import make_norm
 from fpn.levels import Level, check_levels
-from fpn.ops.group_norm import GroupNorm
 
 
 class Pyramid(nn.Module):
@@ -56,5 +55,5 @@ def _conv(cin: int, cout: int, kernel: int, norm: str) -> nn.Module:
     if norm == "none":
         return conv
     if norm == "gn":
-        return nn.Sequential(conv, GroupNorm(group_count(cout), cout))
+        return nn.Sequential(conv, make_norm("gn", cout))  # the backbone's GroupNorm, same groups
     raise ValueError(f"unknown pyramid norm {norm!r}")
