@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-R50 = ["--model", "r50-fpn", "--size", "800x1216"]
-TINY = ["--model", "tiny-fpn"]
+R50 = ["--model", "r50-fpn", "--size", "800x1216", "--layers"]
+TINY = ["--model", "tiny-fpn", "--layers"]
+# Every record also times its dense layers alone (--layers): the ceiling its fraction of peak is set against.
 RECORDS: dict[str, list[str]] = {
     "r50_infer_fp32": [*R50, "--mode", "infer", "--precision", "fp32", "--runs", "5"],
     "r50_infer_bf16": [*R50, "--mode", "infer", "--precision", "bf16", "--runs", "5"],
@@ -36,9 +37,9 @@ RECORDS: dict[str, list[str]] = {
 HEADER = (
     "| file | model | mode | precision | input x batch | median s | images/s | GFLOPs | executed GFLOPs | GFLOP/s "
     "| peak GFLOP/s (kernel) | % of peak | executed % of peak | peak after each run, GFLOP/s | paired % of peak "
-    "| executed paired % | peak MB | command |"
+    "| executed paired % | layers alone, share of time | ceiling % of peak | paired ceiling % | peak MB | command |"
 )
-ALIGN = "| --- | --- | --- | --- | --- |" + " ---: |" * 12 + " --- |"
+ALIGN = "| --- | --- | --- | --- | --- |" + " ---: |" * 15 + " --- |"
 
 
 def percent(value: float | None) -> str:
@@ -49,6 +50,7 @@ def table_row(path: Path, record: dict[str, Any]) -> str:
     """One Markdown row: '=' where Winograd did not change the executed FLOPs."""
     same = record["executed_gflops"] >= record["gflops"]
     rates = record.get("peak_during_runs_gflops_per_s") or []
+    layers = record.get("layers") or {}  # records made without --layers leave those cells empty
     cells = [
         path.name,
         record["model"],
@@ -66,6 +68,9 @@ def table_row(path: Path, record: dict[str, Any]) -> str:
         f"{min(rates):.0f}-{max(rates):.0f}" if rates else "",
         percent(record.get("paired_fraction_of_peak")),
         "=" if same else percent(record.get("executed_paired_fraction_of_peak")),
+        percent(layers.get("share_of_iteration")),
+        percent(layers.get("ceiling_fraction_of_peak")),
+        percent(layers.get("paired_ceiling_fraction_of_peak")),
         "" if record.get("peak_mb") is None else f"{record['peak_mb']:.0f}",
         f"`{record['command']}`",
     ]
@@ -93,7 +98,9 @@ def write_readme(out_dir: Path, command: str, started: str) -> Path:
         "",
         "Columns: see benchmarks/README.md (`GFLOPs` counts every layer as a direct convolution, `executed` what",
         "ran; 'paired %' is the median over iterations of each iteration's rate over the peak kernel timed right",
-        "after it, the fraction to read on a machine whose speed drifts).",
+        "after it, the fraction to read on a machine whose speed drifts). 'layers alone': the dense calls of one",
+        "iteration timed one by one (`--layers`), their sum over the iteration's time; 'ceiling': the fraction of",
+        "peak the model would show if nothing else cost time (% of peak / share).",
         "",
         HEADER,
         ALIGN,

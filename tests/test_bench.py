@@ -121,6 +121,20 @@ def test_train_record(train, infer):
     assert train["gflops"] / 2 > infer["gflops"]
 
 
+def test_layer_ceiling_of_a_training_step():
+    record = run_bench(options(mode="train", batch=2, runs=1, warmup=1, layers=True))
+    check_relations(record, "train", 2)
+    layers = record["layers"]
+    # The replayed calls are the step's dense calls: the same FLOPs as the step's own count.
+    assert layers["executed_gflops"] == pytest.approx(record["executed_gflops"], rel=1e-9)
+    assert layers["share_of_iteration"] == pytest.approx(layers["seconds"] / record["median_s"])
+    assert layers["ceiling_fraction_of_peak"] == pytest.approx(
+        record["fraction_of_peak"] / layers["share_of_iteration"]
+    )
+    assert any(call["call"].startswith("aten.convolution_backward") for call in layers["slowest"])
+    assert "layers" not in run_bench(options(runs=1, warmup=0))  # only when asked
+
+
 def test_bf16_inference():
     record = run_bench(options(precision="bf16", runs=1, warmup=0))
     check_relations(record, "infer", 1)

@@ -36,6 +36,12 @@ right after every timed iteration (``peak_during_runs_gflops_per_s``), and ``pai
 median over iterations of that iteration's effective rate over the peak measured next to it; ``executed_``
 likewise. The probe runs outside the timed interval.
 
+With ``layers``, every dense call of one iteration (convolutions, matrix products, their backward) is also
+timed alone on fresh inputs of the same layout (:mod:`fpn.layer_ceiling`): the sum is what the iteration would
+take if nothing else cost time, and its ``ceiling_fraction_of_peak`` the highest ``fraction_of_peak`` the model
+could show here (``paired_ceiling_fraction_of_peak``: the paired fraction over the layers' share of the
+iteration, for machines whose speed drifts).
+
 Peak memory, on the CPU, is measured in a fresh subprocess that builds the same model and inputs and runs
 one iteration: the resident-set high-water mark during that iteration minus the resident set just before it
 (Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``; elsewhere ``ru_maxrss``). It counts
@@ -66,6 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from fpn.errors import ConfigError
+from fpn.layer_ceiling import layer_ceiling
 from fpn.measure import count_gflops, eval_size, machine_info, rss_peak_delta_mb
 from fpn.ops.winograd import direct_convolutions
 
@@ -103,6 +110,7 @@ class BenchOptions:
     warmup: int = 1
     device: str = "auto"
     scaling: bool = False
+    layers: bool = False  # also time every dense layer call alone: the layer ceiling (fpn.layer_ceiling)
     memory: bool = True  # measure peak memory (a subprocess on the CPU)
     peak_gflops: float | None = None  # a known peak rate (GFLOP/s): skips measuring it
     peak_scale: float = 1.0  # linear size of the peak kernels relative to the defaults (tests shrink them)
@@ -627,6 +635,16 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
         executed_gflops = count_gflops(prepared.step)
         gflops = nominal_gflops(prepared.model, prepared.step)
         scaling = _scaling(options, prepared, timings, gflops) if options.scaling else None
+        layers = None
+        if options.layers:
+            layers = layer_ceiling(
+                prepared.step,
+                iteration_s=timings.summary()["median_s"],
+                nominal_gflops=gflops,
+                peak_gflops_per_s=peak["gflops_per_s"],
+                paired_fraction_of_peak=timings.paired_fraction(gflops),
+                synchronize=partial(synchronize, device),
+            )
     peak_mb, memory_method = peak_memory(options, prepared) if options.memory else (None, "not measured")
 
     summary = timings.summary()
@@ -671,6 +689,8 @@ def _run(options: BenchOptions, device: torch.device, threads: int) -> dict[str,
     }
     if scaling is not None:
         result["scaling"] = scaling
+    if layers is not None:
+        result["layers"] = layers
     return result
 
 

@@ -56,6 +56,21 @@ def test_train_bf16(tmp_path):
     assert record["peak_mb"] is None
 
 
+def test_layers(tmp_path, capsys):
+    code, record = bench(tmp_path, "--model", "tiny-fpn", "--layers", "--no-memory")
+    assert code == 0
+    assert {"seconds", "share_of_iteration", "ceiling_fraction_of_peak", "slowest"} <= set(record["layers"])
+    assert "--layers" in record["command"].split()  # the command repeats the measurement
+    out = capsys.readouterr().out
+    assert "dense calls timed alone" in out and "convolution" in out  # fused: mkldnn._convolution_pointwise
+
+
+def test_exact_is_in_the_command(tmp_path):
+    code, record = bench(tmp_path, "--model", "tiny-fpn", "--exact", "--no-memory", "--runs", "1")
+    assert code == 0 and record["optimized"] is False
+    assert "--exact" in record["command"].split() and "--layers" not in record["command"].split()
+
+
 def test_checkpoint(tmp_path):
     torch.manual_seed(0)
     weights = save_detector(FasterRCNN(preset("tiny-fpn")), tmp_path / "model.pt")

@@ -24,6 +24,12 @@ network sees exactly --size pixels (its resize is set to keep that size). Prints
   size, batch, threads, precision, mode, device, model, design, params, machine, date, command
   scaling (with --scaling)                                time against image size (time per megapixel and a
                                                           linear fit) and against rpn.post_nms_top_n
+  layers (with --layers)                                  every convolution / matrix product of one iteration
+                                                          (backward too) timed alone: seconds, share_of_iteration,
+                                                          gflops_per_s, fraction_of_peak, ceiling_fraction_of_peak
+                                                          (the best fraction_of_peak this model can reach here:
+                                                          its GFLOPs over the layers' time alone), paired_ceiling_...
+                                                          (the paired fraction / share_of_iteration), slowest calls
 
 Timings depend on what else the machine does: compare them only within one run on one machine.
 """
@@ -66,6 +72,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: %(default)s")
     p.add_argument("--scaling", action="store_true", help="also time 3 smaller sizes and 100/300/1000 proposals")
+    p.add_argument("--layers", action="store_true", help="also time each dense layer call alone: the layer ceiling")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement (a subprocess)")
     p.add_argument("--peak-gflops", type=float, metavar="RATE", help="use this peak GFLOP/s instead of measuring it")
     p.add_argument("--output", default="bench.json", help="JSON record (default: %(default)s)")
@@ -87,6 +94,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         warmup=args.warmup,
         device=args.device,
         scaling=args.scaling,
+        layers=args.layers,
         memory=not args.no_memory,
         peak_gflops=args.peak_gflops,
     )
@@ -109,8 +117,8 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if value is not None:
             words += [f"--{name.replace('_', '-')}", str(value)]
-    words += ["--scaling"] if args.scaling else []
-    words += ["--no-memory"] if args.no_memory else []
+    for flag in ("exact", "scaling", "layers", "no_memory"):
+        words += [f"--{flag.replace('_', '-')}"] if getattr(args, flag) else []
     return shlex.join([*words, "--output", args.output])
 
 
@@ -148,6 +156,24 @@ def report(result: dict) -> str:
         lines.append(f"  memory     +{result['peak_mb']:.0f} MB in one iteration ({result['peak_mb_method']})")
     if result.get("page_faults_per_iteration") is not None:
         lines.append(f"  faults     {result['page_faults_per_iteration']:.0f} minor page faults per iteration")
+    layers = result.get("layers")
+    if layers:
+        lines.append(
+            f"  layers     {layers['calls']} dense calls timed alone: {layers['seconds']:.4f} s = "
+            f"{100 * layers['share_of_iteration']:.0f}% of the iteration, {layers['gflops_per_s']:.1f} GFLOP/s = "
+            f"{100 * layers['fraction_of_peak']:.0f}% of the peak; "
+            f"ceiling {100 * layers['ceiling_fraction_of_peak']:.0f}%"
+            + (
+                f", paired {100 * layers['paired_ceiling_fraction_of_peak']:.0f}%"
+                if layers.get("paired_ceiling_fraction_of_peak")
+                else ""
+            )
+        )
+        for call in layers["slowest"][:3]:
+            lines.append(
+                f"             {call['ms_total']:.1f} ms  {call['count']} x {call['call']} "
+                f"({call['gflops_per_s']:.0f} GFLOP/s)"
+            )
     scaling = result.get("scaling")
     if scaling:
         sizes = ", ".join(f"{p['size']} {p['s_per_megapixel']:.3f}" for p in scaling["sizes"])
