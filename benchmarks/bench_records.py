@@ -3,7 +3,8 @@
     python benchmarks/bench_records.py --threads 2 [--repeat-bf16 3] [--only r50_infer_bf16 ...] [--out-dir DIR]
 
 Each record is a separate ``fpn bench`` process (r50-fpn inference and training in fp32 and bf16 at 800x1216,
-tiny-fpn inference with ``--scaling`` and training at its own size), run one after another, writing
+small-fpn and tiny-fpn inference (tiny with ``--scaling``) and training at their own size, every one with
+``--layers``), run one after another, writing
 ``DIR/<name>.json``; ``--repeat-bf16 N`` runs the r50-fpn bf16 inference N times (``r50_infer_bf16_<i>.json``)
 because that record moves most with the machine's speed. Then ``DIR/README.md`` is written: the machine, the
 commit, this command, and one table row per JSON file in ``DIR`` (also ones written earlier), with each row's
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 R50 = ["--model", "r50-fpn", "--size", "800x1216", "--layers"]
+SMALL = ["--model", "small-fpn", "--layers"]
 TINY = ["--model", "tiny-fpn", "--layers"]
 # Every record also times its dense layers alone (--layers): the ceiling its fraction of peak is set against.
 RECORDS: dict[str, list[str]] = {
@@ -30,6 +32,8 @@ RECORDS: dict[str, list[str]] = {
     "r50_infer_bf16": [*R50, "--mode", "infer", "--precision", "bf16", "--runs", "5"],
     "r50_train_fp32": [*R50, "--mode", "train", "--precision", "fp32", "--runs", "3"],
     "r50_train_bf16": [*R50, "--mode", "train", "--precision", "bf16", "--runs", "3"],
+    "small_infer_fp32": [*SMALL, "--mode", "infer", "--precision", "fp32", "--runs", "5"],
+    "small_train_fp32": [*SMALL, "--mode", "train", "--precision", "fp32", "--runs", "5"],
     "tiny_infer_fp32": [*TINY, "--mode", "infer", "--precision", "fp32", "--runs", "5", "--scaling"],
     "tiny_train_fp32": [*TINY, "--mode", "train", "--precision", "fp32", "--runs", "5"],
 }
