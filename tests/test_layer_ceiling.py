@@ -34,10 +34,12 @@ def model() -> TwiceConv:
     return TwiceConv()
 
 
-def test_records_each_distinct_dense_call_once_with_its_count(model):
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_records_each_distinct_dense_call_once_with_its_count(model, context):
     x = torch.randn(2, 3, 16, 20)
-    with torch.no_grad():
+    with context():  # under inference_mode aten.conv2d and aten.linear arrive whole and are decomposed
         calls = record_layers(lambda: model(x))
+        assert time_layers(calls, lambda: None, 1).gflops == pytest.approx(count_gflops(lambda: model(x)), rel=1e-9)
     by_signature = {call.signature: call.count for call in calls}
     assert by_signature == {
         "aten.convolution.default [2,3,16,20] [8,3,3,3] [8]": 1,

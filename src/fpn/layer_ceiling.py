@@ -108,7 +108,14 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func._overloadpacket in flop_registry:
+        if func._overloadpacket not in flop_registry:
+            # Under inference_mode composite ops (aten.conv2d, aten.linear) arrive whole: record what they run,
+            # as FlopCounterMode counts them.
+            with self:
+                result = func.decompose(*args, **kwargs)
+            if result is not NotImplemented:
+                return result
+        else:
             key = (str(func), _describe(args), _describe(kwargs))
             call = self.calls.get(key)
             if call is None:

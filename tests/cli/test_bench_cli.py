@@ -61,6 +61,8 @@ def test_layers(tmp_path, capsys):
     assert code == 0
     assert {"seconds", "share_of_iteration", "ceiling_fraction_of_peak", "slowest"} <= set(record["layers"])
     assert "--layers" in record["command"].split()  # the command repeats the measurement
+    # Every dense call of the optimized forward pass is replayed: the same FLOPs as the record's own count.
+    assert record["layers"]["executed_gflops"] == pytest.approx(record["executed_gflops"], rel=1e-9)
     out = capsys.readouterr().out
     assert "dense calls timed alone" in out and "convolution" in out  # fused: mkldnn._convolution_pointwise
 
