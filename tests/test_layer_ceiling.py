@@ -62,6 +62,13 @@ def test_training_step_records_the_backward_and_counts_the_same_flops(model):
     assert all(call.seconds > 0 for call in calls)
 
 
+def test_calls_with_an_out_tensor_are_grouped_by_layout_not_values():
+    a, b = torch.randn(4, 8, 16), torch.randn(4, 16, 8)
+    outs = [torch.empty(4, 8, 8), torch.full((4, 8, 8), 3.0)]
+    calls = record_layers(lambda: [torch.bmm(a, b, out=out) for out in outs])
+    assert [(call.signature, call.count) for call in calls] == [("aten.bmm.out [4,8,16] [4,16,8]", 2)]
+
+
 def test_specs_keep_layout_and_materialize_random_tensors():
     expanded = torch.randn(1, 4, 1, 1).expand(2, 4, 5, 6)
     channels_last = torch.randn(2, 4, 5, 6).contiguous(memory_format=torch.channels_last)

@@ -19,8 +19,8 @@ layout and times it. Summed over the iteration's calls that gives:
   fraction (the iteration's rate over the peak timed next to it), the one to read where the machine drifts;
 * ``slowest``: the calls that take the most time in total, with their shapes and rates.
 
-Replaying a call alone measures it warm in cache-neutral conditions (the inputs are fresh but the same size),
-so the sum is a floor on the layers' time inside the iteration, not an exact part of it. Only the layouts are
+A call replayed alone runs on inputs of the same size and layout but not where the iteration left them (in
+cache or not), so the sum estimates the layers' time inside the iteration rather than measuring it. Only the layouts are
 kept while recording (one call's tensors exist at a time while timing); tensors in non-strided layouts
 (oneDNN's packed weights) are reused as they are.
 """
@@ -63,6 +63,8 @@ def _describe(value: Any) -> Any:
         return ("tensor", tuple(value.shape), tuple(value.stride()), str(value.dtype), value.device.type)
     if isinstance(value, (list, tuple)):
         return tuple(_describe(item) for item in value)
+    if isinstance(value, dict):  # keyword arguments, e.g. out= (never by repr: that would print the values)
+        return tuple((key, _describe(item)) for key, item in sorted(value.items()))
     return repr(value)
 
 
