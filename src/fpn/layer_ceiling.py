@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 REPEATS = 3  # timed runs of each distinct call (the median counts), after one warm-up
@@ -53,19 +53,6 @@ class LayerCall:
     count: int = 1
     seconds: float = 0.0  # one call, alone
     flops: float = 0.0  # one call
-
-
-def _describe(value: Any) -> Any:
-    """A hashable description of an argument: tensors by layout, other values as they are."""
-    if isinstance(value, torch.Tensor):
-        if value.layout != torch.strided:
-            return ("tensor", id(value))  # packed weights: the object itself is replayed
-        return ("tensor", tuple(value.shape), tuple(value.stride()), str(value.dtype), value.device.type)
-    if isinstance(value, (list, tuple)):
-        return tuple(_describe(item) for item in value)
-    if isinstance(value, dict):  # keyword arguments, e.g. out= (never by repr: that would print the values)
-        return tuple((key, _describe(item)) for key, item in sorted(value.items()))
-    return repr(value)
 
 
 @dataclass(frozen=True)
@@ -90,6 +77,18 @@ def _spec(value: Any) -> Any:
     if not isinstance(value, torch.Tensor) or value.layout != torch.strided:
         return value  # packed weights (and non-tensors) are replayed as they are
     return TensorSpec(tuple(value.shape), tuple(value.stride()), value.dtype, value.device)
+
+
+def _signature_key(func: Any, args: Any, kwargs: Any) -> tuple[tuple, Any]:
+    """The arguments as specs, and a hashable key of the op and those specs: calls alike in every layout share it.
+
+    Lists and keyword dicts are flattened (never keyed by ``repr``: a tensor's would print its values); packed
+    weights stay themselves (hashed by identity), other values are keyed by ``repr``.
+    """
+    specs = tree_map(_spec, (args, kwargs))
+    leaves, structure = tree_flatten(specs)
+    key = tuple(leaf if isinstance(leaf, TensorSpec | torch.Tensor) else repr(leaf) for leaf in leaves)
+    return (str(func), str(structure), key), specs
 
 
 def _materialize(value: Any) -> Any:
@@ -118,10 +117,9 @@ class _Recorder(TorchDispatchMode):
             if result is not NotImplemented:
                 return result
         else:
-            key = (str(func), _describe(args), _describe(kwargs))
+            key, (specs, kwarg_specs) = _signature_key(func, args, kwargs)
             call = self.calls.get(key)
             if call is None:
-                specs, kwarg_specs = tree_map(_spec, args), tree_map(_spec, kwargs)
                 self.calls[key] = LayerCall(func, specs, kwarg_specs, f"{func} {_shapes(args)}")
             else:
                 call.count += 1
