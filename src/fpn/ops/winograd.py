@@ -171,11 +171,18 @@ class WinogradConv2d(nn.Conv2d):
         self.bias = conv.bias
         self.workspace = workspace
         self.direct = False  # see direct_convolutions
-        self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+        self._cache: tuple[tuple[int, int | None, torch.dtype], torch.Tensor] | None = None
 
     def transformed_weight(self) -> torch.Tensor:
-        """``transform_weight(self.weight)``, recomputed only when the weight has changed."""
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype)
+        """``transform_weight(self.weight)``, recomputed only when the weight has changed.
+
+        A change is seen through the tensor's storage and version counter. Tensors made under
+        ``torch.inference_mode()`` (a model loaded or optimized there) have no version counter; they can only be
+        changed in place inside that mode, which no training does, so their storage alone keys the cache.
+        """
+        weight = self.weight
+        version = None if weight.is_inference() else weight._version
+        key = (weight.data_ptr(), version, weight.dtype)
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, transform_weight(self.weight))
         return self._cache[1]
