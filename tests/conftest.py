@@ -6,8 +6,13 @@ small tensor ops up to 100x slower. Subprocesses started by tests (torchrun) inh
 """
 
 import os
+import sys
+from pathlib import Path
 
 import torch
+
+# Helpers shared by test modules (realsize.py) import as top-level modules.
+sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)

@@ -169,3 +169,34 @@ def test_weight_changes_are_seen_and_autocast_takes_the_direct_path(small_maps_t
         assert swapped(x).is_contiguous()  # NCHW in, NCHW out
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert torch.equal(swapped(x), conv(x))
+
+
+@pytest.mark.parametrize("made_in", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("run_in", ["inference_mode", "no_grad"])
+def test_weights_and_workspace_made_in_one_mode_run_in_the_other(made_in, run_in, small_maps_too):
+    """``fpn detect`` folds weights under inference_mode (inference tensors: no version counter, no in-place
+    writes outside the mode); a user's loop may run them under no_grad, or the other way round."""
+    modes = {"inference_mode": torch.inference_mode, "no_grad": torch.no_grad}
+    x, weight, bias = conv_case(7, 1, 8, 8, 12, 12)
+    with modes[made_in]():
+        conv = nn.Conv2d(8, 8, 3, padding=1)
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+        module = WinogradConv2d(conv, Workspace())
+        first = module(x)  # the workspace is allocated here, in the first mode
+    with modes[run_in]():
+        again = module(x)
+    torch.testing.assert_close(first, F.conv2d(x, weight, bias, padding=1), rtol=0, atol=1e-4)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
+def test_inference_weights_changed_in_place_are_seen(small_maps_too):
+    """``load_state_dict`` under inference_mode rewrites inference-tensor weights in place, unversioned."""
+    x, weight, bias = conv_case(8, 1, 8, 8, 12, 12)
+    with torch.inference_mode():
+        module = WinogradConv2d(nn.Conv2d(8, 8, 3, padding=1), Workspace())
+        module(x)
+        module.load_state_dict({"weight": weight, "bias": bias})
+        assert module.weight.is_inference()
+        changed = module(x)
+    torch.testing.assert_close(changed, F.conv2d(x, weight, bias, padding=1), rtol=0, atol=1e-4)

@@ -171,20 +171,22 @@ class WinogradConv2d(nn.Conv2d):
         self.bias = conv.bias
         self.workspace = workspace
         self.direct = False  # see direct_convolutions
-        self._cache: tuple[tuple[int, int | None, torch.dtype], torch.Tensor] | None = None
+        self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
 
     def transformed_weight(self) -> torch.Tensor:
         """``transform_weight(self.weight)``, recomputed only when the weight has changed.
 
         A change is seen through the tensor's storage and version counter. Tensors made under
-        ``torch.inference_mode()`` (a model loaded or optimized there) have no version counter; they can only be
-        changed in place inside that mode, which no training does, so their storage alone keys the cache.
+        ``torch.inference_mode()`` (a model loaded or optimized there, as ``fpn detect`` does) have no version
+        counter, and ``load_state_dict`` inside that mode changes them in place unseen: they are transformed at
+        every call, which costs a small fraction of the convolution itself.
         """
         weight = self.weight
-        version = None if weight.is_inference() else weight._version
-        key = (weight.data_ptr(), version, weight.dtype)
+        if weight.is_inference():
+            return transform_weight(weight)
+        key = (weight.data_ptr(), weight._version, weight.dtype)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, transform_weight(self.weight))
+            self._cache = (key, transform_weight(weight))
         return self._cache[1]
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

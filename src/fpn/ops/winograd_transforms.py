@@ -109,7 +109,10 @@ class Workspace:
             numel *= size
         buffer = self.buffers.get(role)
         if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
-            buffer = like.new_empty(numel)
+            # A normal tensor even when the first call runs under inference_mode: an inference tensor could not
+            # be written in place by a later call outside it (a model optimized in one mode, run in the other).
+            with torch.inference_mode(False):
+                buffer = torch.empty(numel, dtype=like.dtype, device=like.device)
             self.buffers[role] = buffer
         return buffer[:numel].view(shape)
 
