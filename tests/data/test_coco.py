@@ -243,10 +243,16 @@ def test_corrupt_or_mismatched_image_fails_when_loaded(tmp_path: Path) -> None:
         {"id": 1, "file_name": "bad.png", "width": 20, "height": 20},
         {"id": 2, "file_name": "small.png", "width": 100, "height": 100},
     ]
-    dataset = CocoDataset(write_coco(tmp_path / "ann.json", images, [], CATEGORIES), tmp_path / "imgs")
+    path = write_coco(tmp_path / "ann.json", images, [], CATEGORIES)
+    mismatch = r"small\.png: image is 30x20 pixels but .*ann\.json says 100x100"
+    with pytest.raises(DataError, match=mismatch):
+        CocoDataset(path, tmp_path / "imgs")  # the scan decodes every image up front
+    # Without the scan, a strict dataset fails when the image is loaded (tests/data/test_corrupt_images.py
+    # covers the scan and skipping).
+    dataset = CocoDataset(path, tmp_path / "imgs", check_files=False, strict=True)
     with pytest.raises(DataError, match=r"bad\.png"):
         dataset[0]
-    with pytest.raises(DataError, match=r"small\.png: image is 30x20 pixels but .*ann\.json says 100x100"):
+    with pytest.raises(DataError, match=mismatch):
         dataset[1]
 
 

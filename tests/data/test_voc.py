@@ -151,9 +151,14 @@ def test_malformed_inputs_raise_one_line_errors_naming_the_file(tmp_path: Path, 
     assert mention in message and "\n" not in message, message
 
 
-def test_corrupt_image_fails_when_loaded(tmp_path: Path) -> None:
+def test_corrupt_image_is_left_out_or_fails_when_strict(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _write(tmp_path)
     (root / "JPEGImages" / "0003.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)
-    dataset = VocDataset(root, "trainval", NAMES)
+    with caplog.at_level(logging.WARNING, logger="fpn.data"):
+        dataset = VocDataset(root, "trainval", NAMES)
+    assert len(dataset) == 2 and "1 of 3 images unreadable, left out: 0003.jpg" in caplog.text
     with pytest.raises(DataError, match=r"0003\.jpg"):
-        dataset[2]
+        VocDataset(root, "trainval", NAMES, strict=True)
+    unscanned = VocDataset(root, "trainval", NAMES, check_files=False, strict=True)
+    with pytest.raises(DataError, match=r"0003\.jpg"):
+        unscanned[2]

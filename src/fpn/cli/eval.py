@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--detections", help="also write the detections (COCO results format + level) as JSON")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of leaving it out")
     p.set_defaults(run=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    dataset = load_dataset(args.data, args.split)
+    dataset = load_dataset(args.data, args.split, strict=args.strict)
     model, _ = load_detector(args.weights)
     model.to(device)
     result = evaluate(model, dataset, batch_size=args.batch_size, device=device, progress=sys.stderr.isatty())

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fpn.config import to_dict
+from fpn.data import strict_loading
 from fpn.engine.config import RunConfig, build_run_config
 from fpn.engine.distributed import dist_info
 from fpn.errors import ConfigError
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> None:
     budget.add_argument("--minutes", type=float, help="train for N minutes (the schedule follows the clock)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run config's (auto)")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of leaving it out")
     p.add_argument("--config", help="run config YAML (model, train, data); e.g. a RUN/config.yaml")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. train.lr=0.02")
     p.set_defaults(run=run)
@@ -54,6 +56,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             settings[f"train.{flag}"] = getattr(args, flag)
     if args.device:
         settings["train.device"] = args.device
+    if args.strict:
+        settings["train.strict"] = True
     if args.design:
         settings["model.pyramid.design"] = args.design
     if not args.data and config_file is None:
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --out, the run folder to continue")
     config = build_config(args)
     out = Path(args.out) if args.out else default_out(args)
-    model_path = train(config, out, resume=args.resume, progress=sys.stderr.isatty())
+    with strict_loading(config.train.strict):  # reaches the datasets train() loads
+        model_path = train(config, out, resume=args.resume, progress=sys.stderr.isatty())
     if dist_info().is_main:
         print(out)
     return 0 if model_path.is_file() or not dist_info().is_main else 1

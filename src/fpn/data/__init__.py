@@ -20,7 +20,16 @@ from fpn.data.images import (
     pil_to_tensor,
     tensor_to_pil,
 )
-from fpn.data.spec import DatasetSpec, SplitSpec, cache_dir, dataset_names, load_dataset, load_spec, resolve_data
+from fpn.data.spec import (
+    DatasetSpec,
+    SplitSpec,
+    cache_dir,
+    dataset_names,
+    load_dataset,
+    load_spec,
+    resolve_data,
+    strict_loading,
+)
 from fpn.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from fpn.data.synthetic import (
     SyntheticConfig,
@@ -69,6 +78,7 @@ __all__ = [
     "resolve_data",
     "size_buckets",
     "size_histogram",
+    "strict_loading",
     "synthetic_stats",
     "tensor_to_pil",
     "training_transform",

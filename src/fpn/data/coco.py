@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fpn.data.dataset import DetectionDataset, ImageRecord, Transform
+from fpn.data.scan import readable_records
 from fpn.data.validate import BoxReport, as_number, as_positive_int, clean_boxes
 from fpn.errors import DataError
 
@@ -96,7 +97,10 @@ class CocoDataset(DetectionDataset):
         split: the split's name, for messages.
         transform: optional augmentation, see :mod:`fpn.data.augment`.
         include_crowd: keep ``iscrowd`` annotations in the training targets (flagged).
-        check_files: check up front that every image file exists, so a missing file fails before training.
+        check_files: check up front that every image file exists and decodes (see :mod:`fpn.data.scan`), so a
+            missing file fails before training and an unreadable one is left out with a warning.
+        strict: an unreadable image raises :class:`~fpn.errors.DataError`, up front or when loaded, instead of
+            being left out or skipped.
 
     Boxes of zero or negative size are dropped and boxes outside the image clipped; one log line gives the
     counts. Images without annotations are kept as negatives. Malformed files, annotations of unknown images
@@ -113,6 +117,7 @@ class CocoDataset(DetectionDataset):
         transform: Transform | None = None,
         include_crowd: bool = False,
         check_files: bool = True,
+        strict: bool = False,
     ) -> None:
         path = Path(annotations_json)
         images_dir = Path(images_dir)
@@ -196,6 +201,9 @@ class CocoDataset(DetectionDataset):
                 )
             )
         report.log(source)
+        if check_files:
+            key = f"coco {path.resolve()} {images_dir.resolve()}"
+            records = readable_records(records, source, key, strict=strict)
         super().__init__(
             records,
             category_names,
@@ -205,6 +213,7 @@ class CocoDataset(DetectionDataset):
             source=source,
             transform=transform,
             include_crowd=include_crowd,
+            strict=strict,
         )
 
 

@@ -1,7 +1,9 @@
 """The contract every detection dataset in ``fpn`` follows, whatever its file format.
 
 A dataset is a list of :class:`ImageRecord` (file, size, boxes, labels) read and checked once, up front, by a
-format reader (:mod:`fpn.data.coco`, :mod:`fpn.data.voc`). Items are loaded lazily:
+format reader (:mod:`fpn.data.coco`, :mod:`fpn.data.voc`), which also leaves out images that do not decode
+(:mod:`fpn.data.scan`). Items are loaded lazily; one that fails to load later is skipped with a warning unless
+the dataset is ``strict`` (see :meth:`DetectionDataset.load_readable`):
 
 ``dataset[i] -> (image, target)`` with
 
@@ -24,6 +26,7 @@ dataset's original category ids that pycocotools can evaluate against, crowd and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,8 @@ from torch.utils.data import Dataset
 
 from fpn.data.images import load_image
 from fpn.errors import DataError
+
+logger = logging.getLogger("fpn.data")
 
 #: A target dict as described in the module docstring.
 Target = dict[str, Any]
@@ -72,6 +77,18 @@ class ImageRecord:
         )
 
 
+def size_mismatch(record: ImageRecord, height: int, width: int, source: str) -> DataError | None:
+    """The error for an image that loads at another size than its annotations give, else ``None``.
+
+    Boxes are in the annotated size's pixels, so such an image would be trained on with misplaced boxes.
+    """
+    if (height, width) == (record.height, record.width):
+        return None
+    return DataError(
+        f"{record.path}: image is {width}x{height} pixels but {source} says {record.width}x{record.height}"
+    )
+
+
 def collate(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
     """DataLoader ``collate_fn``: images of different sizes cannot be stacked, so return two lists."""
     images = [image for image, _ in batch]
@@ -91,6 +108,8 @@ class DetectionDataset(Dataset):
         source: the annotation file or folder the records came from, for messages.
         transform: optional ``(image, target) -> (image, target)`` applied to every item (augmentation).
         include_crowd: keep crowd / difficult objects in the targets (flagged by ``iscrowd``).
+        strict: an image that cannot be loaded raises :class:`~fpn.errors.DataError`; by default it is skipped
+            with a warning and the next readable item is returned instead (see :meth:`__getitem__`).
     """
 
     def __init__(
@@ -104,6 +123,7 @@ class DetectionDataset(Dataset):
         source: str,
         transform: Transform | None = None,
         include_crowd: bool = False,
+        strict: bool = False,
     ) -> None:
         if len(names) != len(category_ids):
             raise DataError(f"{source}: {len(names)} class names but {len(category_ids)} category ids")
@@ -117,6 +137,8 @@ class DetectionDataset(Dataset):
         self.source = source
         self.transform = transform
         self.include_crowd = include_crowd
+        self.strict = strict
+        self._skipped: set[Path] = set()  # files already warned about, in this process
 
     # --- sizes and label mapping -------------------------------------------------------------------------
 
@@ -155,15 +177,40 @@ class DetectionDataset(Dataset):
         """Load the image of item ``index``, checking that its size is the one the annotations assume."""
         record = self.records[index]
         image = load_image(record.path)
-        height, width = image.shape[-2:]
-        if (height, width) != (record.height, record.width):
-            raise DataError(
-                f"{record.path}: image is {width}x{height} pixels but {self.source} says {record.width}x{record.height}"
-            )
+        error = size_mismatch(record, *image.shape[-2:], self.source)
+        if error is not None:
+            raise error
         return image
 
+    def load_readable(self, index: int) -> tuple[torch.Tensor, int]:
+        """The image of item ``index``, or if it cannot be loaded that of the next item that can, and its index.
+
+        The scan leaves out images that are unreadable when the dataset is built; one that breaks later
+        (deleted or overwritten during a run) should cost one image, not the run, and without ``strict`` it is
+        skipped with a warning naming it. Taking the next item keeps the substitute the same on every run.
+        """
+        count = len(self.records)
+        if not -count <= index < count:
+            raise IndexError(f"{self.source}: item {index} of {count}")  # ends iteration, as for any sequence
+        for step in range(count):
+            candidate = (index + step) % count
+            try:
+                return self.load_image(candidate), candidate
+            except DataError as error:
+                if self.strict:
+                    raise
+                self._warn_skipped(candidate, error)
+        raise DataError(f"{self.source}: none of its {count} images can be loaded any more")
+
+    def _warn_skipped(self, index: int, error: DataError) -> None:
+        """Warn once per file and process: every epoch reaches the same broken file again."""
+        path = self.records[index].path
+        if path not in self._skipped:
+            self._skipped.add(path)
+            logger.warning("%s; skipped, the next readable image is used instead", error)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
-        image = self.load_image(index)
+        image, index = self.load_readable(index)
         target = self.target(index)
         if self.transform is not None:
             image, target = self.transform(image, target)

@@ -19,11 +19,18 @@ other key, a missing key or a missing split raises :class:`~fpn.errors.ConfigErr
 
 Instead of a YAML path, :func:`load_dataset` accepts the name of a built-in set: ``synthetic`` (see
 :mod:`fpn.data.synthetic`), generated on first use into the cache folder (``$FPN_CACHE`` or ``~/.cache/fpn``).
+
+Unreadable images are left out with a warning (see :mod:`fpn.data.scan`) unless loading is strict: pass
+``strict=True``, or wrap code that loads datasets itself (such as :func:`fpn.engine.train.train`) in
+:func:`strict_loading`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,7 @@ import yaml
 
 from fpn.data.coco import CocoDataset, parse_categories, read_json
 from fpn.data.dataset import DetectionDataset, Transform
+from fpn.data.scan import cache_dir
 from fpn.data.synthetic import make_synthetic
 from fpn.data.voc import VOC_CLASSES, VocDataset
 from fpn.errors import ConfigError, DataError
@@ -46,10 +54,19 @@ _SPLIT_KEYS = {"coco": ("annotations", "images"), "voc": ("root", "split")}
 _REQUIRED_SPLIT_KEYS = {"coco": ("annotations", "images"), "voc": ("root",)}
 
 
-def cache_dir() -> Path:
-    """Where built-in data sets are generated: ``$FPN_CACHE`` if set, else ``~/.cache/fpn``."""
-    configured = os.environ.get("FPN_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "fpn"
+# What load_dataset does when not told: a context variable, so that strictness reaches the datasets that code
+# such as the training loop loads itself, without a parameter through every layer between.
+_STRICT: ContextVar[bool] = ContextVar("fpn_strict_loading", default=False)
+
+
+@contextlib.contextmanager
+def strict_loading(strict: bool = True) -> Iterator[None]:
+    """Within the block, :func:`load_dataset` without a ``strict`` argument loads strictly (or not)."""
+    token = _STRICT.set(strict)
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
 
 
 @dataclass(frozen=True)
@@ -173,8 +190,14 @@ def load_dataset(
     transform: Transform | None = None,
     include_crowd: bool = False,
     check_files: bool = True,
+    strict: bool | None = None,
 ) -> DetectionDataset:
-    """Open split ``split`` of the dataset described by ``data`` (a YAML path or a built-in name)."""
+    """Open split ``split`` of the dataset described by ``data`` (a YAML path or a built-in name).
+
+    ``strict``: an unreadable image raises instead of being left out or skipped; ``None`` follows the
+    enclosing :func:`strict_loading` block (not strict outside any).
+    """
+    strict = _STRICT.get() if strict is None else strict
     spec = load_spec(resolve_data(data))
     entry = spec.split(split)
     if spec.format == "coco":
@@ -187,6 +210,7 @@ def load_dataset(
             transform=transform,
             include_crowd=include_crowd,
             check_files=check_files,
+            strict=strict,
         )
     assert entry.root is not None and entry.split is not None
     return VocDataset(
@@ -196,6 +220,7 @@ def load_dataset(
         transform=transform,
         include_crowd=include_crowd,
         check_files=check_files,
+        strict=strict,
     )
 
 

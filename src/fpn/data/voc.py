@@ -24,6 +24,7 @@ from PIL import Image
 
 from fpn.data.dataset import DetectionDataset, ImageRecord, Transform
 from fpn.data.images import image_size
+from fpn.data.scan import readable_records
 from fpn.data.validate import BoxReport, as_positive_int, clean_boxes
 from fpn.errors import DataError
 
@@ -66,6 +67,24 @@ def read_split(path: Path) -> list[str]:
     return ids
 
 
+class _UnreadableHeader(DataError):
+    """An image whose size had to come from its header, which cannot be read: reported with the scan's findings."""
+
+    def __init__(self, path: Path, error: DataError) -> None:
+        super().__init__(str(error))
+        self.path = path
+
+
+def _header_size(path: Path, check_files: bool) -> tuple[int, int]:
+    """The image's ``(height, width)`` from its header; while checking files, an unreadable one is left out."""
+    try:
+        return image_size(path)
+    except DataError as error:
+        if not check_files:
+            raise
+        raise _UnreadableHeader(path, error) from None
+
+
 class VocDataset(DetectionDataset):
     """A Pascal VOC-layout dataset.
 
@@ -76,9 +95,12 @@ class VocDataset(DetectionDataset):
             by default. An object of a class not in the list raises :class:`~fpn.errors.DataError`.
         transform: optional augmentation, see :mod:`fpn.data.augment`.
         include_crowd: keep ``difficult`` objects in the training targets (flagged by ``iscrowd``).
-        check_files: check up front that every image file exists.
+        check_files: check up front that every image file exists and decodes (see :mod:`fpn.data.scan`); an
+            unreadable one is left out with a warning.
+        strict: an unreadable image raises :class:`~fpn.errors.DataError`, up front or when loaded, instead of
+            being left out or skipped.
 
-    Image ids are ``1..N`` in split-file order.
+    Image ids are ``1..N`` in split-file order (left-out images keep their numbers).
     """
 
     def __init__(
@@ -90,6 +112,7 @@ class VocDataset(DetectionDataset):
         transform: Transform | None = None,
         include_crowd: bool = False,
         check_files: bool = True,
+        strict: bool = False,
     ) -> None:
         root = Path(root)
         names = list(VOC_CLASSES if names is None else names)
@@ -98,10 +121,16 @@ class VocDataset(DetectionDataset):
         label_of = {name: label for label, name in enumerate(names, start=1)}
         source = f"{root} ({split})"
         report = BoxReport()
-        records = []
+        records, unreadable = [], []
         for number, stem in enumerate(read_split(root / "ImageSets" / "Main" / f"{split}.txt"), start=1):
-            records.append(self._read(root, stem, number, label_of, report, check_files))
+            try:
+                records.append(self._read(root, stem, number, label_of, report, check_files))
+            except _UnreadableHeader as problem:
+                unreadable.append((problem.path.name, problem.path, str(problem)))
         report.log(source)
+        if check_files:
+            key = f"voc {root.resolve()} {split}"
+            records = readable_records(records, source, key, strict=strict, unreadable=unreadable)
         super().__init__(
             records,
             names,
@@ -111,6 +140,7 @@ class VocDataset(DetectionDataset):
             source=source,
             transform=transform,
             include_crowd=include_crowd,
+            strict=strict,
         )
 
     @staticmethod
@@ -147,7 +177,7 @@ class VocDataset(DetectionDataset):
             height = as_positive_int(_number(size, "height", source, "<size>"), source, "<size> height")
         else:
             # Some tools leave <size> empty or zero; the header of the image has the truth.
-            height, width = image_size(image_path)
+            height, width = _header_size(image_path, check_files)
 
         rows, labels, difficult = [], [], []
         for index, obj in enumerate(annotation.findall("object")):

@@ -20,7 +20,9 @@ from fpn.presets import preset
 SCHEDULES = ("step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 #: Train settings that may change when a run is resumed without changing what it computes so far.
-RUNTIME_KEYS = ("iters", "epochs", "minutes", "eval_every", "checkpoint_every", "log_every", "workers", "device")
+RUNTIME_KEYS = (
+    "iters", "epochs", "minutes", "eval_every", "checkpoint_every", "log_every", "workers", "device", "strict",
+)  # fmt: skip
 
 
 @dataclass
@@ -64,6 +66,9 @@ class TrainConfig:
     # Winograd F(4x4, 3x3) for the 3x3 convolutions of 128+ channels (fp32 on the CPU): ~2x faster each, ~1e-5 off
     winograd: bool = True
     device: str = "auto"  # auto, cpu or cuda
+    # An unreadable image stops the run with an error naming it, instead of being left out (up front) or
+    # skipped (during the run) with a warning; `fpn train --strict` (see fpn.data.scan).
+    strict: bool = False
 
     def validate(self) -> None:
         """Reject settings no run can use, naming the key."""
