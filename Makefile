@@ -1,12 +1,13 @@
 # The two commands in the README do all set-up on a fresh machine.
 #   make demo   create .venv, install, generate the synthetic set, train, evaluate, print the run folder
-#   make test   create .venv if needed, install, lint, run the suite
+#   make test   create .venv if needed, install, lint, run the fast suite, then the real-size tier
+#   make test-fast   the same without the real-size tier (pytest -m "not real")
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format venv clean
+.PHONY: demo test test-fast test-real lint format venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,8 +26,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests tools benchmarks
 	$(VENV)/bin/ruff check --fix src tests tools benchmarks
 
-test: lint
-	$(PY) -m pytest -n 2 tests
+test: test-fast test-real
+
+test-fast: lint
+	$(PY) -m pytest -n 2 -m "not real" tests
+
+# r50 at 800 px and photo-sized images through every command and fast path (tests marked "real").
+test-real: $(STAMP)
+	$(PY) -m pytest -n 2 -m real tests
 
 demo: $(STAMP)
 	$(VENV)/bin/fpn demo

@@ -109,3 +109,20 @@ def test_batch_of_three_sizes_matches_torchvision(checkpoint, expected, optimize
     names = expected["metadata"]["batch"]
     for name, ours in zip(names, detect(model, names, "inference_mode")):
         assert_same_detections(ours, expected["batched"][name])
+
+
+def test_optimized_path_with_autograd_on_matches_torchvision(optimized, expected):
+    """No context at all, as in a user's notebook: the fused in-place blocks must not break autograd."""
+    _, model = optimized
+    (ours,) = model([photo_tensor("photo2_400x400.png")])
+    assert_same_detections({k: v.detach() for k, v in ours.items()}, expected["single"]["photo2_400x400.png"])
+
+
+def test_bf16_gives_the_same_detections_in_every_mode(checkpoint):
+    model = build(checkpoint, "inference_mode", {"dtype": torch.bfloat16})
+    runs = [detect(model, ["photo2_400x400.png"], mode)[0] for mode in ("inference_mode", "no_grad")]
+    runs.append({k: v.detach() for k, v in model([photo_tensor("photo2_400x400.png")])[0].items()})
+    assert len(runs[0]["boxes"]) > 0
+    for other in runs[1:]:
+        for key in ("boxes", "scores", "labels", "levels"):
+            assert torch.equal(runs[0][key], other[key]), key

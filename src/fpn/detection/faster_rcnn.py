@@ -78,6 +78,10 @@ class FasterRCNN(nn.Module):
                 network.to(dtype)
         elif winograd:
             self.use_winograd()
+        # An optimized model never trains: with no parameter asking for gradients, a call with autograd on (a
+        # notebook's) builds no graph, and weights made under inference_mode (as `fpn detect` makes them), which
+        # autograd could not save, are never asked to be.
+        self.requires_grad_(False)
         self.compute_dtype = dtype
         self.optimized = True
         return self.eval()
