@@ -26,3 +26,14 @@ class CheckpointError(FpnError):
 
 class ModelBuildError(FpnError):
     """Parts of a model that do not fit together (strides, channels, anchors per level)."""
+
+
+class ImageError(DataError, ValueError):
+    """An image a detector cannot take: wrong type, shape, dtype or value range, or too thin to resize.
+
+    Also a ValueError, which is what a Python caller passing a wrong argument expects to catch.
+    """
+
+
+class OutputError(FpnError):
+    """An output file or folder that cannot be written (missing permission, read-only disk, a file in the way)."""

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 from fpn.config import TransformConfig
+from fpn.data.images import pil_to_tensor
 from fpn.detection import FasterRCNN
 from fpn.detection.transform import DetectionTransform, resize_boxes
+from fpn.errors import ImageError
 from fpn.presets import preset
 
 
@@ -86,6 +91,106 @@ def test_images_must_be_three_channel():
         transform([torch.rand(1, 32, 32)])
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         transform([torch.rand(32, 32)])
+    with pytest.raises(ImageError, match=r"channels last\? use image.permute\(2, 0, 1\)"):
+        transform([torch.rand(32, 40, 3)])
+
+
+def photo(h: int = 37, w: int = 53, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_uint8_tensors_and_pil_images_give_the_floats_pil_to_tensor_gives():
+    transform = make_transform().eval()
+    array = photo()
+    expected, _ = transform([pil_to_tensor(Image.fromarray(array))])
+    for image in (torch.from_numpy(array).permute(2, 0, 1), Image.fromarray(array)):
+        batch, _ = transform([image])
+        assert torch.equal(batch.tensors, expected.tensors), type(image)
+        assert batch.original_sizes == [(37, 53)] and batch.image_sizes == expected.image_sizes
+    # a grayscale PIL image goes through the same conversion (RGB)
+    gray = Image.fromarray(array[..., 0], mode="L")
+    assert torch.equal(transform([gray])[0].tensors, transform([pil_to_tensor(gray)])[0].tensors)
+
+
+def test_float_input_is_left_alone():
+    # The torchvision parity path: float 0..1 in, the same arithmetic as before, and the caller's tensor unchanged.
+    transform = make_transform().eval()
+    image = torch.rand(3, 40, 60)
+    kept = image.clone()
+    batch, _ = transform([image])
+    assert torch.equal(image, kept)
+    expected = F.interpolate(
+        ((image - transform.mean) / transform.std)[None], scale_factor=128 / 40, mode="bilinear",
+        recompute_scale_factor=True, align_corners=False,
+    )[0]  # fmt: skip
+    assert torch.equal(batch.tensors[0, :, :128, :192], expected)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        ([torch.rand(3, 20, 20) * 255], "images must be float in 0..1 or uint8; got max 2"),
+        ([torch.rand(3, 20, 20) - 0.5], "got min -0.4"),
+        ([torch.full((3, 4, 4), float("nan"))], "NaN"),
+        ([torch.randint(0, 255, (3, 20, 20))], "got torch.int64"),
+        ([photo()], "got ndarray (an H x W x 3 uint8 array: torch.from_numpy"),
+        ([[0.5] * 3], "got list"),
+        (torch.rand(3, 20, 20), "a single one: pass [image]"),
+        ([], "no images given"),
+        ([torch.rand(3, 0, 20)], "at least 1x1 px"),
+        ([torch.rand(3, 20, 20), torch.rand(3, 20, 20) * 255], "images[1]: images must be float"),
+    ],
+    ids=["0-255 floats", "normalised", "nan", "int64", "numpy", "list", "no list", "empty", "0 px", "second"],
+)
+def test_other_inputs_are_refused_with_one_line(images, message):
+    transform = make_transform().eval()
+    with pytest.raises(ImageError) as exc:
+        transform(images)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    assert isinstance(exc.value, ValueError)  # what a Python caller expects to catch
+
+
+def test_an_image_too_thin_to_resize_is_refused_naming_its_size():
+    transform = make_transform(min_size=(128,), max_size=192).eval()
+    assert transform.resized_size((3, 2000), 128) == (0, 192)
+    with pytest.raises(ImageError, match=r"2000x3 px image \(width x height\) is too thin .* 192x0 px"):
+        transform([torch.rand(3, 3, 2000)])
+    # at the limit: the thin side keeps 1 px and the image goes through
+    batch, _ = transform([torch.rand(3, 11, 2000)])
+    assert batch.image_sizes == [(1, 192)]
+    # a 1x1 image is enlarged like any small image
+    assert transform([torch.rand(3, 1, 1)])[0].image_sizes == [(128, 128)]
+
+
+def test_multi_scale_training_checks_thinness_at_its_smallest_side():
+    # Refused always or never, not by the draw: at shorter side 64 the 2000 px side is capped to 192 either way.
+    transform = make_transform(min_size=(64, 192), max_size=192).train()
+    targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    with pytest.raises(ImageError, match="too thin"):
+        transform([torch.rand(3, 10, 2000)], targets)
+    with pytest.raises(ImageError, match="1 images but 2 targets"):
+        transform([torch.rand(3, 40, 40)], targets * 2)
+
+
+@pytest.fixture(scope="module")
+def micro_model() -> FasterRCNN:
+    torch.manual_seed(0)
+    config = preset("micro-fpn")
+    config.class_names = ["a", "b"]
+    config.roi_heads.score_thresh = 0.0
+    return FasterRCNN(config).eval()
+
+
+def test_the_detector_takes_uint8_and_pil_and_refuses_0_255_floats(micro_model):
+    array = photo(60, 80, seed=1)
+    with torch.no_grad():
+        expected = micro_model([pil_to_tensor(Image.fromarray(array))])[0]
+        assert len(expected["boxes"]) > 0
+        for image in (torch.from_numpy(array).permute(2, 0, 1), Image.fromarray(array)):
+            got = micro_model([image])[0]
+            assert all(torch.equal(got[k], expected[k]) for k in expected), type(image)
+        with pytest.raises(ImageError, match="got max 25"):
+            micro_model([torch.from_numpy(array).permute(2, 0, 1).float()])
 
 
 @pytest.mark.parametrize("size", [(120, 150), (99, 151), (37, 53), (300, 40)])

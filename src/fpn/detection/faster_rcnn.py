@@ -6,7 +6,8 @@
 Calling convention (as torchvision's): ``model(images)`` in eval mode returns one dict per image with
 ``boxes`` [D, 4] (xyxy, original pixels), ``scores`` [D], ``labels`` [D] (1..K) and ``levels`` [D] (the
 pyramid level k of the RoI that produced each detection); ``model(images, targets)`` in train mode returns
-a dict of losses. Images are [3, H, W] RGB tensors in 0..1 of any size.
+a dict of losses. Images are [3, H, W] RGB tensors in 0..1 (float) or 0..255 (uint8), or PIL images, of
+any size; anything else is refused with an :class:`~fpn.errors.ImageError` (see :mod:`fpn.detection.transform`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torch import nn
 
 from fpn.backbones import build_backbone
@@ -137,7 +139,7 @@ class FasterRCNN(nn.Module):
 
     def forward(
         self,
-        images: Sequence[torch.Tensor],
+        images: Sequence[torch.Tensor | Image.Image],
         targets: Sequence[dict[str, torch.Tensor]] | None = None,
         *,
         shorter: int | None = None,
@@ -152,7 +154,7 @@ class FasterRCNN(nn.Module):
                 cfg.nms_thresh,
                 cfg.detections_per_image,
             )
-        original_sizes = [tuple(img.shape[-2:]) for img in images]
+        # The transform checks and converts the images (PIL, uint8), so sizes are read from its batch.
         batch, targets = self.transform(images, targets if self.training else None, shorter=shorter)
         _, features = self.features(batch.tensors)
         proposals, _, rpn_losses, rpn_counts = self.rpn(
@@ -164,4 +166,4 @@ class FasterRCNN(nn.Module):
         self.last_counts = {**rpn_counts, **roi_counts}
         if self.training:
             return {**rpn_losses, **roi_losses}
-        return self.transform.postprocess(detections, batch.image_sizes, original_sizes)
+        return self.transform.postprocess(detections, batch.image_sizes, batch.original_sizes)

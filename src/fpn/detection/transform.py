@@ -3,18 +3,35 @@
 The arithmetic follows torchvision's ``GeneralizedRCNNTransform`` step for step (normalise, then resize
 with a bilinear ``interpolate`` whose scale factor is recomputed, then zero-pad to a multiple of the
 coarsest stride), so that a torchvision checkpoint gives the same detections here.
+
+What a caller may pass as an image, in training and inference alike (anything else raises
+:class:`~fpn.errors.ImageError`, a ValueError, with a one-line message, before any image is processed):
+
+* a float tensor ``[3, H, W]``, RGB, values in 0..1: used as it is;
+* a uint8 tensor ``[3, H, W]``, values 0..255: divided by 255 (the same floats :func:`~fpn.data.images.pil_to_tensor`
+  gives for the same pixels);
+* a PIL image of any mode: converted by :func:`~fpn.data.images.pil_to_tensor`, onto the transform's device.
+
+A float tensor with values outside 0..1 is refused rather than guessed at: 0..255 floats and images that are
+already normalised both run without error but find nothing. An image too thin for the resize rule (a side
+that would be resized to under 1 px, e.g. a 2000x3 strip under a 1333 px cap) is refused as well; a 1x1
+image is fine: it is enlarged to the shorter side like any small image (one flat colour, so expect nothing).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from fpn.config import TransformConfig
+from fpn.data.images import pil_to_tensor
+from fpn.errors import ImageError
 
 
 @dataclass
@@ -23,6 +40,7 @@ class ImageBatch:
 
     tensors: torch.Tensor  # [N, 3, H_pad, W_pad]
     image_sizes: list[tuple[int, int]]  # (h, w) of each resized image inside the padding
+    original_sizes: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of each image as given
 
 
 def resize_boxes(boxes: torch.Tensor, old: Sequence[int], new: Sequence[int]) -> torch.Tensor:
@@ -58,6 +76,11 @@ class DetectionTransform(nn.Module):
         """The resize factor for an (h, w) image: shorter side to ``shorter``, longer side capped."""
         return min(shorter / min(size), self.max_size / max(size))
 
+    def resized_size(self, size: Sequence[int], shorter: int) -> tuple[int, int]:
+        """The (h, w) :meth:`resize` gives an (h, w) image: ``interpolate`` truncates size x scale."""
+        scale = self.scale_for(size, shorter)
+        return int(size[0] * scale), int(size[1] * scale)
+
     def resize(self, image: torch.Tensor, shorter: int) -> torch.Tensor:
         scale = self.scale_for(image.shape[-2:], shorter)
         return F.interpolate(
@@ -66,27 +89,93 @@ class DetectionTransform(nn.Module):
 
     def forward(
         self,
-        images: Sequence[torch.Tensor],
+        images: Sequence[torch.Tensor | Image.Image],
         targets: Sequence[dict[str, torch.Tensor]] | None = None,
         *,
         shorter: int | None = None,
     ) -> tuple[ImageBatch, list[dict[str, torch.Tensor]] | None]:
-        """``images``: [3, H_i, W_i] RGB in 0..1. Returns the batch and targets with boxes resized to match.
+        """``images``: RGB [3, H_i, W_i] float 0..1 or uint8 tensors, or PIL images (see the module's notes).
 
-        ``shorter`` overrides the shorter side (the image pyramid runs one model at several scales).
+        Returns the batch and targets with boxes resized to match. ``shorter`` overrides the shorter side
+        (the image pyramid runs one model at several scales).
         """
+        inputs = self._inputs(images)
+        if targets is not None and len(targets) != len(inputs):
+            raise ImageError(f"{len(inputs)} images but {len(targets)} targets; expected one target per image")
+        self._check_sizes([tuple(image.shape[-2:]) for image, _ in inputs], shorter)
         resized, new_targets = [], [] if targets is not None else None
-        for i, image in enumerate(images):
-            if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"images must be [3, H, W] tensors, got {tuple(image.shape)}")
-            image = (image - self.mean.to(image)) / self.std.to(image)
+        for i, (image, owned) in enumerate(inputs):
+            mean, std = self.mean.to(image), self.std.to(image)
+            # In place when the float copy is ours (uint8 and PIL inputs): one full-size map fewer.
+            image = image.sub_(mean).div_(std) if owned else (image - mean).div_(std)
             image = self.resize(image, shorter or self._shorter_side())
             resized.append(image)
             if targets is not None:
                 target = dict(targets[i])
-                target["boxes"] = resize_boxes(target["boxes"], images[i].shape[-2:], image.shape[-2:])
+                target["boxes"] = resize_boxes(target["boxes"], inputs[i][0].shape[-2:], image.shape[-2:])
                 new_targets.append(target)
-        return self.batch(resized), new_targets
+        batch = self.batch(resized)
+        batch.original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image, _ in inputs]
+        return batch, new_targets
+
+    def _inputs(self, images: Sequence[torch.Tensor | Image.Image]) -> list[tuple[torch.Tensor, bool]]:
+        """Every image as a float tensor in 0..1, and whether that tensor is a fresh copy (ours to modify)."""
+        if isinstance(images, Image.Image) or (isinstance(images, torch.Tensor) and images.dim() < 4):
+            raise ImageError("images must be a list of images (a batch), got a single one: pass [image]")
+        if len(images) == 0:
+            raise ImageError("no images given")
+        inputs = []
+        for i, image in enumerate(images):
+            try:
+                inputs.append(self._as_float(image))
+            except ImageError as error:
+                raise ImageError(f"images[{i}]: {error}" if len(images) > 1 else str(error)) from None
+        return inputs
+
+    def _as_float(self, image: torch.Tensor | Image.Image) -> tuple[torch.Tensor, bool]:
+        """One image as a float tensor ``[3, H, W]`` in 0..1, or an ImageError saying what it is instead."""
+        if isinstance(image, Image.Image):
+            if min(image.size) < 1:
+                raise ImageError(f"an image must be at least 1x1 px, got {image.width}x{image.height}")
+            return pil_to_tensor(image).to(self.mean.device), True
+        if not isinstance(image, torch.Tensor):
+            hint = " (an H x W x 3 uint8 array: torch.from_numpy(array).permute(2, 0, 1))"
+            hint = hint if hasattr(image, "__array__") else ""
+            raise ImageError(f"an image must be a [3, H, W] tensor or a PIL image, got {type(image).__name__}{hint}")
+        shape = tuple(image.shape)
+        if image.dim() != 3 or shape[0] != 3:
+            hint = " (channels last? use image.permute(2, 0, 1))" if image.dim() == 3 and shape[-1] == 3 else ""
+            raise ImageError(f"images must be [3, H, W] tensors, got {shape}{hint}")
+        if min(shape[1:]) < 1:
+            raise ImageError(f"an image must be at least 1x1 px, got [3, H, W] = {shape}")
+        if image.dtype == torch.uint8:
+            return image.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0), True
+        if not image.is_floating_point():
+            raise ImageError(f"images must be float in 0..1 or uint8; got {image.dtype}")
+        low, high = torch.stack(torch.aminmax(image)).tolist()  # one device sync, not two
+        if math.isnan(low) or math.isnan(high):
+            raise ImageError("images must be float in 0..1 or uint8; got NaN values")
+        if low < 0.0:
+            raise ImageError(f"images must be float in 0..1 or uint8; got min {low:.4g} (normalised already?)")
+        if high > 1.0:
+            raise ImageError(f"images must be float in 0..1 or uint8; got max {high:.4g} (0..255 values? pass uint8)")
+        return image, False
+
+    def _check_sizes(self, sizes: Sequence[tuple[int, int]], shorter: int | None) -> None:
+        """Refuse an image the resize would shrink to under 1 px on a side, naming its size and the rule.
+
+        Checked at the smallest shorter side this call may draw, so that multi-scale training refuses an
+        image always or never, not by chance.
+        """
+        side = shorter or (min(self.min_size) if self.training else self.min_size[-1])
+        for i, (h, w) in enumerate(sizes):
+            rh, rw = self.resized_size((h, w), side)
+            if min(rh, rw) < 1:
+                where = f"images[{i}]: " if len(sizes) > 1 else ""
+                raise ImageError(
+                    f"{where}a {w}x{h} px image (width x height) is too thin for this model: resized (shorter side "
+                    f"{side} px, longer side at most {self.max_size} px) it would be {rw}x{rh} px"
+                )
 
     def _shorter_side(self) -> int:
         if self.training and len(self.min_size) > 1:
