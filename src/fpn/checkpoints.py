@@ -2,7 +2,9 @@
 
 Files are read with ``torch.load(..., weights_only=True)`` (or safetensors), never as arbitrary pickles.
 Files are written atomically (temporary file in the same folder, then rename), so an interrupted write
-never leaves a half-written checkpoint where a good one was.
+never leaves a half-written checkpoint where a good one was. The same writes serve every output of the
+commands (JSON, YAML, pictures): :func:`check_writable` tests an output path before a command's work, and
+a write that fails anyway raises a one-line :class:`~fpn.errors.OutputError` naming the file.
 
 Three layouts are understood:
 
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fpn.errors import CheckpointError
+from fpn.errors import CheckpointError, OutputError
 
 FORMAT = "fpn"
 
@@ -90,23 +92,69 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _existing_ancestor(path: Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (the folder a write would start creating from)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _cannot_write(path: Path, error: OSError) -> OutputError:
+    """A one-line error for an output that cannot be written, naming the file in the way if there is one."""
+    base = _existing_ancestor(path.parent)
+    if not base.is_dir():
+        return OutputError(f"{path}: cannot write there: {base} is a file, not a folder")
+    reason = error.strerror or str(error) or type(error).__name__
+    return OutputError(f"{path}: cannot write ({reason})")
+
+
+def check_writable(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Fail now, with a one-line :class:`~fpn.errors.OutputError`, if ``path`` could not be written later.
+
+    Commands call this before their work, so that a typo or a read-only disk costs nothing but the message.
+    ``path`` is a file to write, or with ``folder=True`` a folder to write files into; it need not exist
+    yet. Nothing is created: the check makes and removes a temporary file in the nearest existing folder
+    (the writes create the missing ones below it).
+    """
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise OutputError(f"{path}: is a folder; expected a file name")
+    base = _existing_ancestor(path if folder else path.parent)
+    if not base.is_dir():
+        raise OutputError(f"{path}: cannot write there: {base} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".fpn-write-check.", dir=base)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
 def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[Any], None]) -> Path:
     """Write through ``write(handle)`` to a temporary file beside ``path``, then rename it over ``path``.
 
     The rename is atomic on POSIX: readers see the old file or the new one, never half of one, and an
-    interrupted write leaves the old file as it was.
+    interrupted write leaves the old file as it was. An OS error (no permission, disk full, a file where a
+    folder should be) becomes a one-line :class:`~fpn.errors.OutputError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _cannot_write(path, error) from None
         raise
     return path
 
@@ -119,6 +167,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file atomically (JSON results, YAML configs)."""
     return _atomic_write(path, "w", lambda handle: handle.write(text))
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Write a binary file atomically (pictures encoded in memory first)."""
+    return _atomic_write(path, "wb", lambda handle: handle.write(data))
 
 
 # ------------------------------------------------------------------------------------------ detectors

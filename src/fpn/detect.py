@@ -1,28 +1,59 @@
 """Run a detector on image files: the library side of ``fpn detect``.
 
-Results use the original image's pixels and COCO's box convention (``[x, y, width, height]``), one record
-per detection: ``{"file_name", "bbox", "score", "category_id", "category", "level"}``, where ``level`` is
-the pyramid level (``"p3"``) whose RoI produced the box.
+``fpn detect`` writes one JSON object (:func:`results_json`), every input accounted for::
+
+    {"images": [{"id": 1, "file_name": "a/img.png", "height": 480, "width": 640, "detections": 2}, ...],
+     "detections": [{"image_id": 1, "file_name": "a/img.png", "bbox": [x, y, w, h], "score": 0.93,
+                     "category_id": 17, "category": "cat", "level": "p3"}, ...],
+     "skipped": [{"id": 2, "file_name": "b/broken.jpg", "error": "..."}]}
+
+* ``images``: every image that was processed, with the number of its detections, zero included, so that
+  "nothing found" and "never looked at" read differently; ``skipped``: the inputs that could not be
+  processed, with the reason (unreadable, or too thin for the model's resize).
+* ``detections``: a COCO results list (``image_id``, ``category_id``, ``bbox`` as ``[x, y, width, height]``
+  in the original image's pixels, ``score``) plus ``file_name``, ``category`` (the class name) and
+  ``level``, the pyramid level whose RoI produced the box, named as the levels are (``"p3"``).
+* ``file_name``: the image's path relative to the folder holding all the inputs, ``/``-separated; unique
+  even when two folders each hold an ``img.png``, and the bare file name when the inputs share a folder.
+* ``id``: the inputs numbered from 1 in the order they are listed (sorted paths).
+
+Images are taken as displayed (EXIF orientation applied), at any size. A 1x1 image is enlarged like any
+small one (one flat colour: expect no detections). An image whose resize would leave a side under 1 px
+(a 2000x3 strip) is skipped with a message naming it and its size, as an unreadable file is.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Iterator
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from fpn.data.images import open_image, pil_to_tensor
+from fpn.data.images import open_image
 from fpn.detection import FasterRCNN
-from fpn.errors import DataError
+from fpn.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
 
 
-def to_records(file_name: str, detections: dict[str, torch.Tensor], model: FasterRCNN) -> list[dict]:
-    """One JSON-ready record per detection, in COCO's ``[x, y, w, h]`` convention."""
+def file_names(paths: Sequence[Path]) -> list[str]:
+    """Each path relative to the deepest folder holding all of them, ``/``-separated (unique, stable)."""
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    if not absolute:
+        return []
+    root = Path(os.path.commonpath([p.parent for p in absolute]))
+    return [p.relative_to(root).as_posix() for p in absolute]
+
+
+def to_records(file_name: str, detections: dict[str, torch.Tensor], model: FasterRCNN, *, image_id: int) -> list[dict]:
+    """One JSON-ready record per detection, in COCO's results format (``[x, y, w, h]``) plus names."""
     config = model.config
     records = []
     for box, score, label, level in zip(
@@ -34,6 +65,7 @@ def to_records(file_name: str, detections: dict[str, torch.Tensor], model: Faste
         x1, y1, x2, y2 = box
         records.append(
             {
+                "image_id": image_id,
                 "file_name": file_name,
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                 "score": round(score, 5),
@@ -48,10 +80,42 @@ def to_records(file_name: str, detections: dict[str, torch.Tensor], model: Faste
 @dataclass
 class DetectResult:
     path: Path
+    file_name: str  # unique among the inputs (see file_names)
+    image_id: int
+    size: tuple[int, int] | None = None  # (height, width) as displayed
     detections: dict[str, torch.Tensor] | None = None  # on the CPU, original pixels
     image: object = None  # the RGB Pillow image, for drawing
     error: str | None = None
     records: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """This input's entry in the JSON: under ``images``, or under ``skipped`` when ``error`` is set."""
+        if self.error is not None:
+            return {"id": self.image_id, "file_name": self.file_name, "error": self.error}
+        height, width = self.size
+        return {
+            "id": self.image_id,
+            "file_name": self.file_name,
+            "height": height,
+            "width": width,
+            "detections": len(self.records),
+        }
+
+
+def open_named_image(path: str | os.PathLike) -> Image.Image:
+    """:func:`open_image` without Pillow's decompression-bomb warning: the user named this large file.
+
+    Pillow still refuses an image over twice its pixel limit; that arrives as a DataError, i.e. a skip.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return open_image(path)
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    """An RGB image as uint8 ``[3, H, W]``: the model converts it to the floats ``pil_to_tensor`` gives,
+    with a quarter of the memory until then (which matters for a 100-megapixel photo)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 @torch.inference_mode()
@@ -64,25 +128,44 @@ def detect_files(
     dtype: torch.dtype = torch.float32,
     winograd: bool = True,
 ) -> Iterator[DetectResult]:
-    """Detections for each image file; an unreadable image yields a result with ``error`` set instead.
+    """Detections for each image file; an image that cannot be processed yields a result with ``error`` set.
 
     The model is put in eval mode on ``device`` and optimized for inference in place, in ``dtype`` and with or
     without Winograd convolutions (see :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save
     it afterwards.
     """
+    paths = list(paths)
     model.eval().to(device)
     if not model.optimized:
         # float32: the same detections to float rounding, faster; bfloat16: faster still, close but not equal.
         model.optimize_for_inference(dtype, winograd=winograd)
-    for path in paths:
+    for image_id, (path, name) in enumerate(zip(paths, file_names(paths)), start=1):
         try:
-            image = open_image(path)
+            image = open_named_image(path)
         except DataError as exc:
-            yield DetectResult(path, error=str(exc))
+            yield DetectResult(path, name, image_id, error=str(exc))
             continue
-        out = model([pil_to_tensor(image).to(device)])[0]
+        try:
+            out = model([_pixels(image).to(device)])[0]
+        except ImageError as exc:  # too thin to resize: checked before any network runs
+            yield DetectResult(path, name, image_id, error=f"{path}: {exc}")
+            continue
         out = {k: v.cpu() for k, v in out.items()}
         if score_thresh is not None:
             keep = out["scores"] >= score_thresh
             out = {k: v[keep] for k, v in out.items()}
-        yield DetectResult(path, out, image, records=to_records(path.name, out, model))
+        records = to_records(name, out, model, image_id=image_id)
+        yield DetectResult(path, name, image_id, (image.height, image.width), out, image, records=records)
+
+
+def _json_list(items: Sequence[dict]) -> str:
+    """A JSON list with one item per line: readable, diffable, and still plain JSON."""
+    return "[\n" + ",\n".join(json.dumps(item) for item in items) + "\n]" if items else "[]"
+
+
+def results_json(summaries: Sequence[dict], records: Sequence[dict]) -> str:
+    """The ``fpn detect`` file (see the module's notes) from :meth:`DetectResult.summary` entries and records."""
+    images = [s for s in summaries if "error" not in s]
+    skipped = [s for s in summaries if "error" in s]
+    parts = [("images", images), ("detections", records), ("skipped", skipped)]
+    return "{\n" + ",\n".join(f"{json.dumps(key)}: {_json_list(items)}" for key, items in parts) + "\n}\n"

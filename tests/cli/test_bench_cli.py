@@ -101,3 +101,14 @@ def test_model_and_weights_exclude_each_other(tmp_path):
     with pytest.raises(SystemExit) as exc:
         bench(tmp_path, "--model", "tiny-fpn", "--weights", "model.pt")
     assert exc.value.code == 2
+
+
+def test_an_output_that_cannot_be_written_fails_before_timing(tmp_path, capsys, monkeypatch):
+    import fpn.cli.bench as bench_cli
+
+    monkeypatch.setattr(bench_cli, "run_bench", lambda options: pytest.fail("timed before checking --output"))
+    (tmp_path / "afile").write_text("in the way\n")
+    out = tmp_path / "afile" / "bench.json"
+    assert main(["bench", *FAST, "--model", "micro-fpn", "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fpn: error:") and str(out) in err[0]

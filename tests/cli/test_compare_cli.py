@@ -66,3 +66,14 @@ def test_bad_requests_exit_2_naming_the_problem(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("fpn: error:") and named in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_an_out_folder_that_cannot_be_written_fails_first(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("in the way\n")
+    out = tmp_path / "afile" / "cmp"
+    assert main(["compare", "--data", str(data), "--designs", "fpn", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("fpn: error:") and str(out) in err
+    assert "is a file, not a folder" in err

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,7 @@ from fpn.presets import preset
 
 CLASSES = ["cat", "dog"]
 CATEGORY_IDS = [17, 18]
-FIELDS = {"file_name", "bbox", "score", "category_id", "category", "level"}
+FIELDS = {"image_id", "file_name", "bbox", "score", "category_id", "category", "level"}
 # name -> size (width, height) as displayed, i.e. after EXIF orientation
 GOOD = {"rgb.jpg": (120, 90), "gray.png": (100, 100), "rgba.png": (70, 110), "rotated.jpg": (80, 120)}
 
@@ -27,6 +30,13 @@ GOOD = {"rgb.jpg": (120, 90), "gray.png": (100, 100), "rgba.png": (70, 110), "ro
 def detect(*args) -> int:
     """``fpn detect ARGS...`` through the CLI's entry point; returns the exit status."""
     return main(["detect", *map(str, args)])
+
+
+def read(path: Path) -> dict:
+    """The JSON ``fpn detect`` wrote: ``{"images", "detections", "skipped"}``."""
+    document = json.loads(path.read_text())
+    assert list(document) == ["images", "detections", "skipped"]
+    return document
 
 
 def noise(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
@@ -94,14 +104,26 @@ def test_folder_of_mixed_images(first_run):
     for name in GOOD:
         assert name not in stderr
     assert "4 image(s)" in stdout and "1 skipped" in stdout
-    records = json.loads((out / "results.json").read_text())
+    document = read(out / "results.json")
+    records = document["detections"]
     assert isinstance(records, list) and records
     assert {r["file_name"] for r in records} == set(GOOD)  # every good image has detections at threshold 0
+    # every input is accounted for: processed ones with their size and count, the corrupt one with its reason
+    images = {entry["file_name"]: entry for entry in document["images"]}
+    assert set(images) == set(GOOD)
+    for name, (width, height) in GOOD.items():
+        assert (images[name]["width"], images[name]["height"]) == (width, height)
+        assert images[name]["detections"] == sum(r["file_name"] == name for r in records)
+    assert [(s["file_name"], "corrupt.jpg" in s["error"]) for s in document["skipped"]] == [("corrupt.jpg", True)]
+    # ids number the sorted inputs; each detection's image_id is its image's id
+    ids = {entry["file_name"]: entry["id"] for entry in document["images"] + document["skipped"]}
+    assert sorted(ids.values()) == list(range(1, 6)) and ids == dict(zip(sorted(ids), range(1, 6)))
+    assert all(r["image_id"] == ids[r["file_name"]] for r in records)
 
 
 def test_json_records_have_the_documented_fields(first_run):
     *_, out = first_run
-    records = json.loads((out / "results.json").read_text())
+    records = read(out / "results.json")["detections"]
     for record in records:
         assert set(record) == FIELDS
         width, height = GOOD[record["file_name"]]
@@ -118,7 +140,7 @@ def test_json_records_have_the_documented_fields(first_run):
 
 def test_exif_rotated_image_uses_the_displayed_size(first_run):
     *_, out = first_run
-    records = [r for r in json.loads((out / "results.json").read_text()) if r["file_name"] == "rotated.jpg"]
+    records = [r for r in read(out / "results.json")["detections"] if r["file_name"] == "rotated.jpg"]
     assert records
     # stored 120 wide and 80 high, displayed 80 wide and 120 high: boxes live in the displayed image
     assert max(r["bbox"][0] + r["bbox"][2] for r in records) <= 80.011
@@ -139,7 +161,7 @@ def test_save_images_writes_one_picture_per_good_image(first_run):
 
 def test_score_threshold_filters(weights, image_dir, first_run, tmp_path, capsys):
     *_, out = first_run
-    all_records = json.loads((out / "results.json").read_text())
+    all_records = read(out / "results.json")["detections"]
     scores = sorted(r["score"] for r in all_records)
     thresh = scores[len(scores) // 2]
     assert scores[0] < thresh
@@ -147,16 +169,29 @@ def test_score_threshold_filters(weights, image_dir, first_run, tmp_path, capsys
     code = detect(image_dir, "--weights", weights, "--output", output, "--score-thresh", thresh, "--device", "cpu")
     assert code == 0
     capsys.readouterr()
-    filtered = json.loads(output.read_text())
+    filtered = read(output)["detections"]
     assert filtered
     assert all(r["score"] >= thresh for r in filtered)
     assert len(filtered) == sum(1 for s in scores if s >= thresh)
     assert len(filtered) < len(all_records)
-    # a threshold above every score leaves an empty list (still valid JSON)
-    code = detect(image_dir, "--weights", weights, "--output", output, "--score-thresh", "1.01", "--device", "cpu")
+    # a threshold of 1 keeps nothing, and every image is still listed, with 0 detections
+    code = detect(image_dir, "--weights", weights, "--output", output, "--score-thresh", "1", "--device", "cpu")
     assert code == 0
-    assert json.loads(output.read_text()) == []
+    document = read(output)
+    assert document["detections"] == []
+    assert sorted(e["file_name"] for e in document["images"]) == sorted(GOOD)
+    assert all(e["detections"] == 0 for e in document["images"])
     assert "0 detection(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "nan", "high"])
+def test_score_threshold_outside_0_to_1_is_refused(weights, image_dir, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        detect(image_dir, "--weights", weights, "--output", tmp_path / "out.json", "--score-thresh", value)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--score-thresh" in err and "from 0 to 1" in err and repr(value) in err
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_glob_and_single_files(weights, image_dir, tmp_path, capsys):
@@ -167,7 +202,7 @@ def test_glob_and_single_files(weights, image_dir, tmp_path, capsys):
     assert code == 0
     captured = capsys.readouterr()
     assert "3 image(s)" in captured.out and "skipped" not in captured.err
-    assert {r["file_name"] for r in json.loads(output.read_text())} == {"gray.png", "rgba.png", "rgb.jpg"}
+    assert {r["file_name"] for r in read(output)["detections"]} == {"gray.png", "rgba.png", "rgb.jpg"}
 
 
 def one_line_error(capsys) -> str:
@@ -220,21 +255,31 @@ def test_cuda_without_a_gpu(weights, image_dir, tmp_path, capsys):
 def test_only_corrupt_images_is_a_failure(weights, tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     code = detect(tmp_path / "broken.png", "--weights", weights, "--output", tmp_path / "out.json")
+    assert code == 2
+    assert "broken.png" in one_line_error(capsys)
+    assert not (tmp_path / "out.json").exists()
+    # several inputs, none usable: each is named, then one error line
+    (tmp_path / "empty.png").write_bytes(b"")
+    code = detect(
+        tmp_path / "broken.png", tmp_path / "empty.png", "--weights", weights, "--output", tmp_path / "o.json"
+    )
     captured = capsys.readouterr()
-    assert code == 1
-    assert "broken.png" in captured.err and "Traceback" not in captured.err
+    assert code == 2 and "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 3 and "broken.png" in lines[0] and "empty.png" in lines[1]
+    assert lines[2].startswith("fpn: error: none of the 2 images could be processed")
 
 
 def test_bf16_precision_finds_the_same_top_detections(weights, image_dir, first_run, tmp_path, capsys):
     *_, out = first_run
-    fp32 = json.loads((out / "results.json").read_text())
+    fp32 = read(out / "results.json")["detections"]
     output = tmp_path / "bf16.json"
     code = detect(
         image_dir / "rgb.jpg", "--weights", weights, "--output", output, "--score-thresh", 0, "--precision", "bf16"
     )
     assert code == 0
     capsys.readouterr()
-    bf16 = json.loads(output.read_text())
+    bf16 = read(output)["detections"]
     assert bf16 and all(r["file_name"] == "rgb.jpg" for r in bf16)
     best = max((r for r in fp32 if r["file_name"] == "rgb.jpg"), key=lambda r: r["score"])
     # bf16 is close, not equal: the best fp32 detection is found again within a pixel and a little score.
@@ -273,3 +318,121 @@ def test_direct_conv_flag_reaches_the_detector(weights, image_dir, tmp_path, cap
         assert detect(image_dir / "rgb.jpg", "--weights", weights, "--output", output, *flags) == 0
         assert "1 image(s)" in capsys.readouterr().out
     assert seen == [True, False]
+
+
+# ------------------------------------------------------------------------ outputs that cannot be written
+
+
+@pytest.fixture
+def model_must_not_run(monkeypatch):
+    """Fail the test if detect gets as far as loading the model: output problems must be found first."""
+    import fpn.cli.detect as detect_cli
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(detect_cli, "load_detector", refuse)
+    monkeypatch.setattr(detect_cli, "detect_files", refuse)
+
+
+@pytest.mark.parametrize("flag", ["--output", "--save-images"])
+def test_output_under_a_file_fails_before_the_model_runs(
+    weights, image_dir, tmp_path, capsys, model_must_not_run, flag
+):
+    # Tests run as root, whom chmod does not stop: a regular file in the path is what cannot be got round.
+    (tmp_path / "afile").write_text("in the way\n")
+    target = tmp_path / "afile" / ("out.json" if flag == "--output" else "pictures")
+    args = ["--output", tmp_path / "ok.json"] if flag == "--save-images" else []
+    code = detect(image_dir, "--weights", weights, flag, target, *args)
+    assert code == 2
+    line = one_line_error(capsys)
+    assert str(target) in line and "is a file, not a folder" in line
+    assert not (tmp_path / "ok.json").exists()
+
+
+def test_read_only_output_fails_before_the_model_runs(weights, image_dir, tmp_path, capsys, model_must_not_run):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "mkstemp", read_only)
+        code = detect(image_dir, "--weights", weights, "--output", tmp_path / "d.json")
+    assert code == 2
+    line = one_line_error(capsys)
+    assert str(tmp_path / "d.json") in line and "Read-only file system" in line
+
+
+def test_an_output_that_is_a_folder_is_refused(weights, image_dir, tmp_path, capsys, model_must_not_run):
+    assert detect(image_dir, "--weights", weights, "--output", tmp_path) == 2
+    assert "is a folder" in one_line_error(capsys)
+
+
+def test_a_failing_final_write_is_one_line(weights, image_dir, tmp_path, capsys, monkeypatch):
+    # Past the early check (the disk filled up meanwhile, say), the write itself reports the file in one line.
+    import fpn.cli.detect as detect_cli
+
+    monkeypatch.setattr(detect_cli, "check_writable", lambda path, **kwargs: path)
+    (tmp_path / "afile").write_text("in the way\n")
+    target = tmp_path / "afile" / "out.json"
+    code = detect(image_dir / "rgb.jpg", "--weights", weights, "--output", target)
+    assert code == 2
+    assert str(target) in one_line_error(capsys)
+
+
+# ------------------------------------------------------------------------ names, shapes and sizes
+
+
+def test_same_file_name_in_two_folders_stays_two_images(weights, tmp_path, capsys):
+    for folder, seed in (("a", 5), ("b", 6)):
+        (tmp_path / folder).mkdir()
+        noise((64, 48), "RGB", seed).save(tmp_path / folder / "img.png")
+    output, pictures = tmp_path / "out.json", tmp_path / "pictures"
+    code = detect(
+        tmp_path / "a", tmp_path / "b", "--weights", weights, "--output", output, "--score-thresh", 0,
+        "--save-images", pictures,
+    )  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    document = read(output)
+    assert [e["file_name"] for e in document["images"]] == ["a/img.png", "b/img.png"]
+    assert {r["file_name"] for r in document["detections"]} == {"a/img.png", "b/img.png"}
+    # pictures follow the same names, so neither overwrites the other
+    assert sorted(p.relative_to(pictures).as_posix() for p in pictures.rglob("*.jpg")) == ["a/img.jpg", "b/img.jpg"]
+
+
+def test_degenerate_shapes_are_skipped_by_name_and_size(weights, tmp_path, capsys):
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    noise((2000, 3), "RGB", 7).save(folder / "strip.png")  # resized to fit 128 px: 3 px become 0
+    noise((1, 1), "RGB", 8).save(folder / "dot.png")  # enlarged to 96x96 like any small image
+    noise((60, 40), "RGB", 9).save(folder / "fine.png")
+    (folder / "empty.png").write_bytes(b"")  # a 0-byte file
+    output = tmp_path / "out.json"
+    code = detect(folder, "--weights", weights, "--output", output, "--save-images", tmp_path / "pictures")
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "Traceback" not in captured.out + captured.err
+    skipped = [line for line in captured.err.splitlines() if "skipped" in line]
+    assert len(skipped) == 2
+    strip = next(line for line in skipped if "strip.png" in line)
+    assert "2000x3 px" in strip and "too thin" in strip
+    assert any("empty.png" in line for line in skipped)
+    document = read(output)
+    assert sorted(e["file_name"] for e in document["images"]) == ["dot.png", "fine.png"]
+    assert [(e["width"], e["height"]) for e in document["images"] if e["file_name"] == "dot.png"] == [(1, 1)]
+    assert sorted(s["file_name"] for s in document["skipped"]) == ["empty.png", "strip.png"]
+    assert "2 image(s)" in captured.out and "2 skipped" in captured.out
+
+
+def test_a_100_megapixel_image_is_detected_without_a_warning(weights, tmp_path, capsys):
+    # Over Pillow's decompression-bomb limit (89 Mpx) but under twice it: a warning there, a result here.
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (10000, 10000), (90, 140, 200)).save(path, compress_level=1)  # flat: a small file
+    output = tmp_path / "out.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        code = detect(path, "--weights", weights, "--output", output, "--score-thresh", 0)
+    captured = capsys.readouterr()
+    assert code == 0 and "Traceback" not in captured.err
+    (entry,) = read(output)["images"]
+    assert (entry["width"], entry["height"]) == (10000, 10000)

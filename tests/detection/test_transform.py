@@ -129,8 +129,8 @@ def test_float_input_is_left_alone():
 @pytest.mark.parametrize(
     ("images", "message"),
     [
-        ([torch.rand(3, 20, 20) * 255], "images must be float in 0..1 or uint8; got max 2"),
-        ([torch.rand(3, 20, 20) - 0.5], "got min -0.4"),
+        ([torch.linspace(0, 255, 1200).view(3, 20, 20)], "images must be float in 0..1 or uint8; got max 255"),
+        ([torch.linspace(-0.25, 0.75, 1200).view(3, 20, 20)], "got min -0.25 (normalised already?)"),
         ([torch.full((3, 4, 4), float("nan"))], "NaN"),
         ([torch.randint(0, 255, (3, 20, 20))], "got torch.int64"),
         ([photo()], "got ndarray (an H x W x 3 uint8 array: torch.from_numpy"),
@@ -138,7 +138,7 @@ def test_float_input_is_left_alone():
         (torch.rand(3, 20, 20), "a single one: pass [image]"),
         ([], "no images given"),
         ([torch.rand(3, 0, 20)], "at least 1x1 px"),
-        ([torch.rand(3, 20, 20), torch.rand(3, 20, 20) * 255], "images[1]: images must be float"),
+        ([torch.rand(3, 20, 20), torch.linspace(0, 255, 1200).view(3, 20, 20)], "images[1]: images must be float"),
     ],
     ids=["0-255 floats", "normalised", "nan", "int64", "numpy", "list", "no list", "empty", "0 px", "second"],
 )

@@ -116,19 +116,50 @@ def test_per_level_table_counts_every_detection_once(dataset) -> None:
     assert sum(row["total"] for row in table.values()) == len(result["detections"])
     for row in table.values():
         assert row["small"] + row["medium"] + row["large"] == row["total"]
-    assert set(table) <= {"P2", "P3", "P4", "P5"}
+    # the levels' own names, as in fpn.levels and fpn detect's JSON, in the detections and the table alike
+    assert set(table) <= {"p2", "p3", "p4", "p5"}
+    assert {d["level"] for d in result["detections"]} == set(table)
     hand = [
-        {"bbox": [0, 0, 10, 10], "level": 2},  # small
-        {"bbox": [0, 0, 40, 40], "level": 2},  # medium
-        {"bbox": [0, 0, 100, 100], "level": 5},  # large
-        {"bbox": [0, 0, 32, 32], "level": 3},  # exactly 32²: medium, as COCO's bucket edges
+        {"bbox": [0, 0, 10, 10], "level": "p2"},  # small
+        {"bbox": [0, 0, 40, 40], "level": "p2"},  # medium
+        {"bbox": [0, 0, 100, 100], "level": "p10"},  # large; sorted as a number, after p5
+        {"bbox": [0, 0, 100, 100], "level": "p5"},  # large
+        {"bbox": [0, 0, 32, 32], "level": "p3"},  # exactly 32²: medium, as COCO's bucket edges
+        {"bbox": [0, 0, 5, 5], "level": None},  # a model that does not say: listed last
     ]
     assert per_level_table(hand) == {
-        "P2": {"small": 1, "medium": 1, "large": 0, "total": 2},
-        "P3": {"small": 0, "medium": 1, "large": 0, "total": 1},
-        "P5": {"small": 0, "medium": 0, "large": 1, "total": 1},
+        "p2": {"small": 1, "medium": 1, "large": 0, "total": 2},
+        "p3": {"small": 0, "medium": 1, "large": 0, "total": 1},
+        "p5": {"small": 0, "medium": 0, "large": 1, "total": 1},
+        "p10": {"small": 0, "medium": 0, "large": 1, "total": 1},
+        "?": {"small": 1, "medium": 0, "large": 0, "total": 1},
     }
-    assert list(per_level_table(hand)) == ["P2", "P3", "P5"]
+    assert list(per_level_table(hand)) == ["p2", "p3", "p5", "p10", "?"]
+    assert format_per_level(per_level_table(hand)).splitlines()[1].split()[0] == "p2"
+
+
+def test_dataset_classes_the_model_lacks_are_named_in_a_warning(dataset, caplog) -> None:
+    # A model of two of the dataset's classes (and one it does not have): the other classes can only score 0.
+    kept = list(dataset.names[:2])
+    names = [kept[1], "zebra", kept[0]]
+    to_model = {i + 1: names.index(name) + 1 for i, name in enumerate(dataset.names) if name in kept}
+    outputs = perfect_outputs(dataset, lambda label: to_model.get(label, 2))  # label 2 (zebra) is dropped
+    with caplog.at_level("WARNING", logger="fpn.engine.evaluate"):
+        result = evaluate(Scripted(names, outputs), dataset)
+    missing = list(dataset.names[2:])
+    assert result["classes_not_in_model"] == missing
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{len(missing)} of the dataset's {len(dataset.names)} classes" in warning
+    assert all(name in warning for name in missing) and "\n" not in warning
+    # matched by name: the two known classes are perfect, the rest pull the average down
+    assert 0 < result["metrics"]["AP"] < 100
+    assert {d["category_id"] for d in result["detections"]} <= {
+        dataset.category_ids[dataset.names.index(name)] for name in kept
+    }
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fpn.engine.evaluate"):
+        assert evaluate(Scripted(dataset.names, perfect_outputs(dataset)), dataset)["classes_not_in_model"] == []
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_a_model_of_other_classes_is_refused(dataset) -> None:

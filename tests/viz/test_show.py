@@ -104,3 +104,44 @@ def test_anchors_cli_writes_histogram_and_summary(tmp_path, capsys):
     assert "smaller anchors" in capsys.readouterr().out
     with Image.open(out) as picture:
         assert picture.size == (990, 462)
+
+
+def one_line_error(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fpn: error: "), captured.err
+    return lines[0]
+
+
+def test_show_out_under_a_file_fails_before_the_model_loads(weights, image_path, tmp_path, capsys, monkeypatch):
+    import fpn.cli.show as show_cli
+
+    monkeypatch.setattr(show_cli, "load_detector", lambda *a, **k: pytest.fail("model loaded before the check"))
+    (tmp_path / "afile").write_text("in the way\n")
+    out = tmp_path / "afile" / "show"
+    assert main(["show", str(image_path), "--weights", str(weights), "--out", str(out)]) == 2
+    assert str(out) in one_line_error(capsys)
+
+
+def test_show_refuses_an_image_too_thin_for_the_model(weights, tmp_path, capsys):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (2000, 3), (10, 200, 30)).save(strip)
+    assert main(["show", str(strip), "--weights", str(weights), "--out", str(tmp_path / "show")]) == 2
+    line = one_line_error(capsys)
+    assert str(strip) in line and "2000x3 px" in line and "too thin" in line
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5"])
+def test_show_score_threshold_must_be_0_to_1(weights, image_path, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["show", str(image_path), "--weights", str(weights), "--out", str(tmp_path), "--score-thresh", value])
+    assert exc.value.code == 2
+    assert "--score-thresh: must be a number from 0 to 1" in capsys.readouterr().err
+
+
+def test_anchors_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("in the way\n")
+    out = tmp_path / "afile" / "anchors.png"
+    assert main(["anchors", "--data", "synthetic", "--out", str(out)]) == 2
+    assert str(out) in one_line_error(capsys)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fpn.checkpoints import atomic_write_text
+from fpn.checkpoints import atomic_write_text, check_writable
 
 
 def add_parser(subparsers) -> None:
@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     source.add_argument("--weights", help="a checkpoint whose config to check")
     source.add_argument("--model", default="tiny-fpn", help="a preset (default: %(default)s)")
     p.add_argument("--design", help="pyramid design (changes the levels RoIs are pooled from)")
-    p.add_argument("--out", default="anchors.png", help="histogram picture (default: %(default)s)")
+    p.add_argument("--out", default="anchors.png", help="histogram picture, summary beside it as .json (%(default)s)")
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. anchors.sizes=[8,16]"
     )
@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from fpn.detection import FasterRCNN
     from fpn.presets import preset
     from fpn.viz.anchors import fit, fit_figure
+    from fpn.viz.save import save_picture
 
+    picture, summary_path = check_writable(args.out), check_writable(Path(args.out).with_suffix(".json"))
     dataset = load_dataset(args.data, args.split, check_files=False)
     if args.weights:
         model, _ = load_detector(args.weights, config_overrides=args.overrides)
@@ -45,10 +47,9 @@ def run(args: argparse.Namespace) -> int:
     result = fit(dataset, config, pool_levels)
     name = args.weights or f"{args.model} ({config.pyramid.design})"
     figure = fit_figure(result, f"{args.data} [{args.split}] vs {name}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=110)
+    save_picture(figure, picture, dpi=110)
     summary = result.summary()
-    atomic_write_text(json.dumps(summary, indent=2) + "\n", Path(args.out).with_suffix(".json"))
+    atomic_write_text(json.dumps(summary, indent=2) + "\n", summary_path)
     print(f"{summary['objects']} objects; size percentiles (1/10/50/90/99): {summary['size_percentiles']}")
     print(f"anchor sizes {summary['anchor_sizes']}; RoI levels {summary['roi_levels']}")
     for note in result.notes:

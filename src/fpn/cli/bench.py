@@ -41,7 +41,7 @@ import json
 import shlex
 
 from fpn.bench import MODES, PRECISIONS, BenchOptions, parse_size, run_bench
-from fpn.checkpoints import atomic_write_text
+from fpn.checkpoints import atomic_write_text, check_writable
 from fpn.config import DESIGNS
 from fpn.presets import PRESETS
 
@@ -102,6 +102,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    check_writable(args.output)  # before minutes of timing, not after
     result = run_bench(options)
     result["command"] = command_line(args)
     atomic_write_text(json.dumps(result, indent=2) + "\n", args.output)

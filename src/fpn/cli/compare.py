@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from fpn.checkpoints import check_writable
 from fpn.compare import DEFAULT_DESIGNS, DEFAULT_ITERS, LATENCY_RUNS, compare
 from fpn.config import DESIGNS
 from fpn.presets import PRESETS
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     designs = [name.strip() for name in args.designs.split(",") if name.strip()]
-    out = Path(args.out)
+    out = check_writable(args.out, folder=True)  # before any training; creates nothing
     results = compare(
         designs,
         out_dir=out,

@@ -1,4 +1,9 @@
-"""``fpn eval --weights W --data D``: COCO AP/AR of a checkpoint on a dataset split, and which levels detect what."""
+"""``fpn eval --weights W --data D``: COCO AP/AR of a checkpoint on a dataset split, and which levels detect what.
+
+Classes are matched by name; dataset classes the model lacks are named in a warning (they score 0 AP).
+--output holds the metrics, the per-level table (keys "p2", "p3", ...) and classes_not_in_model;
+--detections the detections in COCO's results format plus each one's pyramid "level" ("p3").
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import argparse
 import json
 import sys
 
-from fpn.checkpoints import atomic_write_text, load_detector
+from fpn.checkpoints import atomic_write_text, check_writable, load_detector
 from fpn.data import load_dataset
 from fpn.engine.distributed import resolve_device
 from fpn.engine.evaluate import evaluate, format_metrics, format_per_level
@@ -29,6 +34,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for path in (args.output, args.detections):
+        if path:
+            check_writable(path)  # before the evaluation, which can take a while
     device = resolve_device(args.device)
     dataset = load_dataset(args.data, args.split, strict=args.strict)
     model, _ = load_detector(args.weights)
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
             "images": result["images"],
             "metrics": result["metrics"],
             "per_level": result["per_level"],
+            "classes_not_in_model": result["classes_not_in_model"],
         }
         atomic_write_text(json.dumps(payload, indent=2) + "\n", args.output)
         print(f"metrics -> {args.output}")

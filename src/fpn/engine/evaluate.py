@@ -7,7 +7,13 @@ scale; a metric whose area bucket has no ground truth at all (pycocotools' ``-1`
 
 The per-level table says which pyramid level produced how many detections, split by the detection's size
 in COCO's buckets (small < 32², medium, large > 96² pixels of box area in the original image): the FPN
-paper's claim is that small objects come from fine levels and large ones from coarse levels.
+paper's claim is that small objects come from fine levels and large ones from coarse levels. Levels are
+named as everywhere else (``"p3"``, as in :mod:`fpn.levels` and ``fpn detect``'s JSON), in the
+detections' ``level`` and in the table's keys alike.
+
+Model classes are matched to the dataset's by name. A dataset class the model does not have cannot be
+detected, and COCO's AP averages it in as 0: :func:`evaluate` says so in a warning and lists those
+classes under ``classes_not_in_model``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,32 @@ def label_to_category(model_names: Sequence[str], dataset: DetectionDataset) -> 
     return mapping
 
 
+def classes_not_in_model(model_names: Sequence[str], dataset: DetectionDataset) -> list[str]:
+    """The dataset's classes that no model label maps to (by name): they can only score 0 AP."""
+    known = set(model_names)
+    return [name for name in dataset.names if name not in known]
+
+
+def warn_missing_classes(missing: Sequence[str], dataset: DetectionDataset) -> None:
+    """One warning line naming the dataset classes the model cannot predict (the first few, and how many)."""
+    if not missing:
+        return
+    shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+    logger.warning(
+        "%s: %d of the dataset's %d classes are not classes of the model (matched by name), so it cannot "
+        "detect them and AP counts them as 0: %s",
+        dataset.source,
+        len(missing),
+        len(dataset.names),
+        shown,
+    )
+
+
+def level_name(index: int) -> str | None:
+    """The level's own name (``3`` -> ``"p3"``); ``None`` for a model that does not say (index < 0)."""
+    return f"p{index}" if index >= 0 else None
+
+
 def size_bucket(area: float) -> str:
     return "small" if area < SMALL_AREA else "large" if area > LARGE_AREA else "medium"
 
@@ -96,7 +128,7 @@ def predict(
                             "category_id": mapping[label],
                             "bbox": [round(v, 3) for v in box],
                             "score": round(float(score), 5),
-                            "level": int(level),
+                            "level": level_name(int(level)),
                         }
                     )
             bar.update(len(images))
@@ -146,14 +178,16 @@ def _results(gt: Any, detections: Sequence[dict[str, Any]]) -> Any:
 
 
 def per_level_table(detections: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """``{"P2": {"small": n, "medium": n, "large": n, "total": n}, ...}`` by level, finest first."""
-    table: dict[int, dict[str, int]] = {}
+    """``{"p2": {"small": n, "medium": n, "large": n, "total": n}, ...}`` by level, finest first (``"?"``:
+    detections whose level is unknown, last)."""
+    table: dict[str, dict[str, int]] = {}
     for det in detections:
-        row = table.setdefault(int(det.get("level", -1)), {**dict.fromkeys(BUCKETS, 0), "total": 0})
+        row = table.setdefault(det.get("level") or "?", {**dict.fromkeys(BUCKETS, 0), "total": 0})
         _, _, w, h = det["bbox"]
         row[size_bucket(w * h)] += 1
         row["total"] += 1
-    return {(f"P{level}" if level >= 0 else "?"): table[level] for level in sorted(table)}
+    order = sorted(table, key=lambda name: (name == "?", int(name[1:]) if name != "?" else 0))
+    return {name: table[name] for name in order}
 
 
 def evaluate(
@@ -167,9 +201,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` and score it.
 
-    Returns ``{"metrics": {AP, AP50, ..., ARl}, "per_level": {...}, "detections": [...], "images": N}``;
-    see :func:`coco_metrics`, :func:`per_level_table` and :func:`predict`.
+    Returns ``{"metrics": {AP, AP50, ..., ARl}, "per_level": {...}, "detections": [...], "images": N,
+    "classes_not_in_model": [...]}``; see :func:`coco_metrics`, :func:`per_level_table`, :func:`predict` and
+    :func:`classes_not_in_model` (warned about, since AP averages them in as 0).
     """
+    label_to_category(model.config.class_names, dataset)  # refuses a model with no class in common
+    missing = classes_not_in_model(model.config.class_names, dataset)
+    warn_missing_classes(missing, dataset)  # before the long part, so that it can be interrupted
     detections = predict(model, dataset, batch_size=batch_size, device=device, progress=progress, workers=workers)
     metrics = coco_metrics(dataset.coco_ground_truth(), detections)
     return {
@@ -177,6 +215,7 @@ def evaluate(
         "per_level": per_level_table(detections),
         "detections": detections,
         "images": len(dataset),
+        "classes_not_in_model": missing,
     }
 
 

@@ -30,7 +30,8 @@ class Inspection:
 
 @torch.inference_mode()
 def inspect_image(model: FasterRCNN, image: torch.Tensor, boxes: torch.Tensor | None = None) -> Inspection:
-    """Run ``model`` on one ``[3, H, W]`` image; ``boxes`` ([G, 4] xyxy, original pixels) count positive anchors."""
+    """Run ``model`` on one image (anything ``model`` takes: a ``[3, H, W]`` tensor, a PIL image); ``boxes``
+    ([G, 4] xyxy, original pixels) count positive anchors. An image the model refuses raises ImageError."""
     model.eval()
     batch, _ = model.transform([image])
     bottom_up, pyramid = model.features(batch.tensors)
@@ -41,7 +42,7 @@ def inspect_image(model: FasterRCNN, image: torch.Tensor, boxes: torch.Tensor | 
     if boxes is not None and len(boxes):
         sizes = {name: pyramid[name].shape[-2:] for name in levels}
         anchors, per_level = model.rpn.anchor_generator(batch.tensors.shape[-2:], sizes)
-        gt = resize_boxes(boxes.float(), image.shape[-2:], batch.image_sizes[0])
+        gt = resize_boxes(boxes.float(), batch.original_sizes[0], batch.image_sizes[0])
         matched = model.rpn.matcher(box_iou(gt, anchors))
         for i, chunk in enumerate((matched >= 0).split(per_level)):
             positives[i] = int(chunk.sum())
