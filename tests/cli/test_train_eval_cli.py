@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from fpn.checkpoints import read_state_dict
 from fpn.cli import main
 from fpn.data import make_synthetic
+from fpn.engine.run_folder import RunLock
 
 FAST = [
     "workers=0",  # a bare key: train.workers
@@ -35,6 +39,10 @@ def test_train_then_resume_then_eval(data: Path, tmp_path: Path, capsys: pytest.
     # A longer budget for the same run: it continues from iteration 2 with the run's own config.
     assert main(["train", "--resume", "--out", str(run), "--iters", "3"]) == 0
     assert read_state_dict(run / "last.pt")["iteration"] == 3
+    # Once more: the run is complete, nothing is evaluated or logged again.
+    log = (run / "log.jsonl").read_text()
+    assert main(["train", "--resume", "--out", str(run)]) == 0
+    assert (run / "log.jsonl").read_text() == log and read_state_dict(run / "model.pt")["iteration"] == 3
     capsys.readouterr()
 
     metrics = tmp_path / "metrics.json"
@@ -57,6 +65,32 @@ def test_unknown_config_key_exits_2_naming_it(data: Path, tmp_path: Path, capsys
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "model.rpn.nms=0.5"]) == 2
     assert "model.rpn.nms" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_in_use_and_a_full_disk_exit_2_with_one_line(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--model", "micro-fpn", "--out", str(run), "--iters", "4", *FAST]
+    argv.append("train.checkpoint_every=2")
+    with RunLock(run):  # another fpn train's
+        assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"fpn: error: {run} is in use by another fpn train (pid {os.getpid()})"
+
+    real_save, saves = torch.save, []
+
+    def disk_full_at_the_second(obj, handle, *args, **kwargs) -> None:
+        saves.append(handle.name)
+        real_save(obj, handle, *args, **kwargs)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full_at_the_second)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"fpn: error: {run / 'last.pt'}: cannot write"), err
+    assert "No space left on device" in err and "of iteration 2 is unchanged" in err
+    assert read_state_dict(run / "last.pt")["iteration"] == 2
 
 
 def test_missing_data_yaml_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

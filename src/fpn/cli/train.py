@@ -3,6 +3,11 @@
 The run config is built from the preset (``--model``, ``--design``), then a run config YAML (``--config``),
 then the flags, then ``key=value`` overrides (``train.lr=0.02``, ``model.rpn.nms_thresh=0.6``; bare train
 keys such as ``lr=0.02`` mean ``train.lr``). Several processes: ``torchrun --nproc_per_node N -m fpn train ...``.
+
+Ctrl-C (or SIGTERM) stops after the iteration under way with a checkpoint and prints the command that
+resumes; ``--resume`` continues exactly where the run stopped, even after a kill -9. A finished run is left
+as it is, unless a larger ``--iters`` / ``--minutes`` extends it: the learning-rate schedule then goes on
+from where it was over the added budget (it does not restart).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def add_parser(subparsers) -> None:
     budget.add_argument("--iters", type=int, help="train for N iterations")
     budget.add_argument("--epochs", type=float, help="train for N passes over the training set")
     budget.add_argument("--minutes", type=float, help="train for N minutes (the schedule follows the clock)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (a larger budget extends it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run config's (auto)")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of leaving it out")
     p.add_argument("--config", help="run config YAML (model, train, data); e.g. a RUN/config.yaml")
@@ -80,14 +85,27 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fpn.engine.stop import TrainingInterrupted, resume_command
     from fpn.engine.train import train
 
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the run folder to continue")
     config = build_config(args)
     out = Path(args.out) if args.out else default_out(args)
-    with strict_loading(config.train.strict):  # reaches the datasets train() loads
-        model_path = train(config, out, resume=args.resume, progress=sys.stderr.isatty())
-    if dist_info().is_main:
+    info = dist_info()
+    try:
+        with strict_loading(config.train.strict):  # reaches the datasets train() loads
+            model_path = train(config, out, resume=args.resume, progress=sys.stderr.isatty())
+    except TrainingInterrupted as stopped:  # the first Ctrl-C / SIGTERM: last.pt holds the iteration just done
+        if info.is_main:
+            line = f"fpn: interrupted at iteration {stopped.iteration}; resume with: {stopped.resume_command()}"
+            print(line, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the iterations
+        if not (info.is_main and (out / "last.pt").is_file()):
+            raise
+        print(f"fpn: interrupted; resume with: {resume_command(out, info.world_size)}", file=sys.stderr)
+        return 130
+    if info.is_main:
         print(out)
-    return 0 if model_path.is_file() or not dist_info().is_main else 1
+    return 0 if model_path.is_file() or not info.is_main else 1

@@ -4,22 +4,31 @@
 
 * ``config.yaml``: the :class:`~fpn.engine.config.RunConfig` (class names filled in from the data);
 * ``last.pt``: everything needed to continue (weights, optimiser, schedule position, RNG states, the run
-  config), written atomically every ``train.checkpoint_every`` iterations and at the end;
+  config), written atomically every ``train.checkpoint_every`` iterations, at the end, and when a signal
+  stops the run;
 * ``model.pt``: the final weights, a checkpoint :func:`~fpn.checkpoints.load_detector` reads;
 * ``log.jsonl`` (one JSON object per logged step and per evaluation), TensorBoard event files and
   ``curves.png`` (losses, learning rate, AP), and ``metrics.json`` (the final evaluation).
+
+Nothing is lost (issue 14): the folder is locked for the run's lifetime, so a second run into it stops
+with a message instead of truncating the first one's files (:mod:`fpn.engine.run_folder`); Ctrl-C or
+SIGTERM stops after the iteration under way with a checkpoint (:mod:`fpn.engine.stop`); a run killed at any
+moment, even while writing a checkpoint, resumes from the last one it wrote; and a file that cannot be
+written (full disk, read-only folder) stops the run with one line naming it, the earlier files intact.
 
 Reproducibility: the data order and every random draw (flips, multi-scale sizes, anchor and RoI sampling)
 derive from ``(seed, iteration, slot in the global batch)`` (see :mod:`fpn.engine.distributed`). So
 ``resume=True`` after an interruption continues with the same batches and draws and, on the CPU, ends
 with the same weights as an uninterrupted run; and with ``train.micro_batch = 1`` (each image its own
 forward pass, gradients accumulated) a ``torchrun`` run over N processes computes the same objective,
-the mean of per-image losses over the global batch, as one process with the whole global batch.
+the mean of per-image losses over the global batch, as one process with the whole global batch. A resume
+that changes the budget continues the learning-rate schedule from where it was (:mod:`fpn.engine.schedule`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -27,7 +36,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,55 +51,21 @@ from fpn.data import RandomHorizontalFlip, load_dataset, load_spec, resolve_data
 from fpn.data.dataset import DetectionDataset
 from fpn.detection import FasterRCNN
 from fpn.engine import distributed as ddp
-from fpn.engine.config import RUNTIME_KEYS, RunConfig, TrainConfig
+from fpn.engine.config import RUNTIME_KEYS, RunConfig
 from fpn.engine.evaluate import evaluate
-from fpn.errors import CheckpointError, ConfigError, FpnError
+from fpn.engine.run_folder import RunLock, init_worker, writing
+from fpn.engine.run_log import RunLog, progress_line
+from fpn.engine.schedule import Plan, Schedule, continuation, describe_budget, run_budget
+from fpn.engine.stop import StopRequest, TrainingInterrupted
+from fpn.errors import CheckpointError, ConfigError, DataError, FpnError
+
+__all__ = ["RunLog", "Schedule", "TrainingDiverged", "TrainingInterrupted", "train"]
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(FpnError):
     """A loss or the gradient became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ------------------------------------------------------------------------------------------- schedule
-
-
-@dataclass
-class Schedule:
-    """Learning rate = ``lr * warmup(iteration) * decay(progress)``; a pure function, so resuming is exact.
-
-    Warm-up rises linearly from ``warmup_factor`` to 1 over ``warmup_iters`` iterations. ``progress`` is
-    the fraction of the run done (iterations, or wall time for a minutes-only budget): the step schedule
-    multiplies by ``gamma`` at each milestone fraction in ``steps``; the cosine one goes from 1 to 0.
-    """
-
-    lr: float
-    warmup_iters: int
-    warmup_factor: float
-    kind: str
-    steps: Sequence[float]
-    gamma: float
-
-    @classmethod
-    def from_config(cls, config: TrainConfig) -> Schedule:
-        return cls(
-            config.lr, config.warmup_iters, config.warmup_factor, config.schedule, tuple(config.steps), config.gamma
-        )
-
-    def factor(self, iteration: int, progress: float) -> float:
-        warm = 1.0
-        if iteration < self.warmup_iters:
-            alpha = iteration / self.warmup_iters
-            warm = self.warmup_factor * (1.0 - alpha) + alpha
-        if self.kind == "cosine":
-            decay = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
-        else:
-            decay = self.gamma ** sum(progress >= s for s in self.steps)
-        return warm * decay
-
-    def __call__(self, iteration: int, progress: float) -> float:
-        return self.lr * self.factor(iteration, progress)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -169,76 +144,10 @@ def set_rng_states(states: dict[str, Any], transform_generator: torch.Generator)
     transform_generator.set_state(states["transform"])
 
 
-# ------------------------------------------------------------------------------------------------ logs
-
-
-class RunLog:
-    """``log.jsonl``, TensorBoard events and ``curves.png`` of a run (the main process only)."""
-
-    def __init__(self, run_dir: Path, *, resume_from: int | None) -> None:
-        self.path = run_dir / "log.jsonl"
-        self.curves = run_dir / "curves.png"
-        self.records: list[dict[str, Any]] = []
-        if resume_from is not None and self.path.is_file():
-            # Lines after the checkpoint were logged by the interrupted part; its replay logs them again.
-            for line in self.path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    record = json.loads(line)
-                    if record.get("iteration", 0) <= resume_from:
-                        self.records.append(record)
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in self.records), self.path)
-        self.writer = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir), purge_step=None if resume_from is None else resume_from + 1)
-        except ImportError:  # tensorboard is a dependency, but a stripped install should still train
-            logger.warning("tensorboard is not installed: no event files")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is None:
-            return
-        step = record["iteration"]
-        for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("iteration", "type"):
-                prefix = "eval" if record["type"] == "eval" else "train"
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-        self.writer.flush()
-
-    def plot(self) -> None:
-        """Losses and learning rate against iterations, and AP where there were evaluations."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        steps = [r for r in self.records if r["type"] == "train"]
-        evals = [r for r in self.records if r["type"] == "eval" and r.get("AP") is not None]
-        figure = Figure(figsize=(13, 3.8), layout="constrained")
-        FigureCanvasAgg(figure)
-        ax_loss, ax_lr, ax_ap = figure.subplots(1, 3)
-        its = [r["iteration"] for r in steps]
-        for key in [k for k in (steps[0] if steps else {}) if k.startswith("loss")]:
-            ax_loss.plot(its, [r.get(key, math.nan) for r in steps], label=key, lw=2 if key == "loss" else 1)
-        ax_loss.set(title="training losses", xlabel="iteration", yscale="log" if steps else "linear")
-        if steps:
-            ax_loss.legend(fontsize=7)
-        ax_lr.plot(its, [r["lr"] for r in steps])
-        ax_lr.set(title="learning rate", xlabel="iteration")
-        for key in ("AP", "AP50", "APs", "APl"):
-            ax_ap.plot([r["iteration"] for r in evals], [r.get(key) for r in evals], marker="o", label=key)
-        ax_ap.set(title="val AP", xlabel="iteration")
-        if evals:
-            ax_ap.legend(fontsize=7)
-        figure.savefig(self.curves, dpi=90)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
 # ------------------------------------------------------------------------------------------- the loop
+
+#: The train settings that make the budget; a resume reports their change in its own line.
+BUDGET_KEYS = ("iters", "epochs", "minutes")
 
 
 @dataclass
@@ -246,6 +155,14 @@ class _State:
     iteration: int = 0  # completed optimiser steps
     elapsed: float = 0.0  # seconds of training so far, over all resumed parts
     checkpoint_iteration: int = -1  # the iteration last.pt holds (-1: none written)
+    # The steps since the last log line (sums of losses, count, seconds): checkpointed, so that the first
+    # line after a resume averages the same steps as an uninterrupted run's.
+    window: dict[str, float] = field(default_factory=dict)
+    window_count: int = 0
+    window_time: float = 0.0
+
+    def window_state(self) -> dict[str, Any]:
+        return {"sums": dict(self.window), "count": self.window_count, "seconds": self.window_time}
 
 
 def train(
@@ -259,33 +176,58 @@ def train(
     """Train the detector ``run_config`` describes into ``out_dir``; returns the path of ``model.pt``.
 
     With ``resume=True`` the run continues from ``out_dir/last.pt``; ``run_config`` may then be ``None``
-    (the checkpoint's is used) or change only the train settings (e.g. a longer budget). ``on_step``, called
-    after every iteration with the iteration number and its losses, lets a caller watch or interrupt.
-    Under ``torchrun`` every process calls this; only rank 0 writes files.
+    (the checkpoint's is used) or change only the train settings (e.g. a longer budget). A run that is
+    already complete is left as it is. ``on_step``, called after every iteration with the iteration number
+    and its losses, lets a caller watch or interrupt. Under ``torchrun`` every process calls this; only
+    rank 0 writes files and holds the folder's lock.
+
+    Raises :class:`~fpn.engine.stop.TrainingInterrupted` (a ``KeyboardInterrupt``) when SIGINT or SIGTERM
+    stopped the run, after writing ``last.pt``.
     """
     run_dir = Path(out_dir)
     info = ddp.dist_info()
-    last_path, model_path = run_dir / "last.pt", run_dir / "model.pt"
-    checkpoint = _read_resume_checkpoint(last_path) if resume else None
-    if not resume and (last_path.exists() or model_path.exists()):
-        raise ConfigError(f"{run_dir}: already holds a training run; resume it (--resume) or choose another folder")
-    config = _resolved_config(run_config, checkpoint, last_path)
-    config.validate()
-    cfg = config.train
+    with contextlib.ExitStack() as stack:
+        lock = stack.enter_context(RunLock(run_dir)) if info.is_main else None
+        checkpoint, run_config = _resume_point(run_dir, run_config, resume=resume, main=info.is_main)
+        config = _resolved_config(run_config, checkpoint, run_dir / "last.pt")
+        config.validate()
+        device = ddp.resolve_device(config.train.device, info.local_rank)
+        owns_group = info.distributed and not torch.distributed.is_initialized()  # else the caller's to close
+        ddp.init_distributed(info, device)
+        try:
+            worker_init = functools.partial(init_worker, lock.worker_init() if lock is not None else None)
+            return _train(
+                config, run_dir, info, device, checkpoint,
+                resume=resume, progress=progress, on_step=on_step, worker_init=worker_init,
+            )  # fmt: skip
+        finally:
+            if owns_group:
+                ddp.cleanup_distributed()
 
-    device = ddp.resolve_device(cfg.device, info.local_rank)
-    owns_group = info.distributed and not torch.distributed.is_initialized()  # else the caller's to close
-    ddp.init_distributed(info, device)
-    try:
-        return _train(config, run_dir, info, device, checkpoint, progress=progress, on_step=on_step)
-    finally:
-        if owns_group:
-            ddp.cleanup_distributed()
+
+def _resume_point(
+    run_dir: Path, run_config: RunConfig | None, *, resume: bool, main: bool
+) -> tuple[dict[str, Any] | None, RunConfig | None]:
+    """The checkpoint to continue from (None: start at iteration 0) and the run config to start with.
+
+    A run killed before its first checkpoint left only its ``config.yaml``: resuming it starts it again.
+    """
+    last_path = run_dir / "last.pt"
+    if not resume:
+        if last_path.exists() or (run_dir / "model.pt").exists():
+            raise ConfigError(f"{run_dir}: already holds a training run; resume it (--resume) or choose another folder")
+        return None, run_config
+    if last_path.is_file():
+        return _read_resume_checkpoint(last_path), run_config
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"{last_path}: no checkpoint to resume from")
+    if main:
+        logger.info("%s: no checkpoint yet (the run stopped before its first one); starting it again", run_dir)
+    return None, run_config if run_config is not None else RunConfig.load(saved)
 
 
 def _read_resume_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: no checkpoint to resume from")
     checkpoint = read_state_dict(path)
     for key in ("run_config", "optimizer", "iteration", "rng", "model"):
         if key not in checkpoint:
@@ -312,7 +254,7 @@ def _resolved_config(run_config: RunConfig | None, checkpoint: dict[str, Any] | 
     changed = [
         f"{k} {getattr(saved.train, k)} -> {getattr(run_config.train, k)}"
         for k in saved.train.__dict__
-        if getattr(saved.train, k) != getattr(run_config.train, k)
+        if getattr(saved.train, k) != getattr(run_config.train, k) and k not in BUDGET_KEYS  # see _plan
     ]
     if changed:
         exact = all(c.split()[0] in RUNTIME_KEYS for c in changed)
@@ -323,6 +265,102 @@ def _resolved_config(run_config: RunConfig | None, checkpoint: dict[str, Any] | 
     return saved
 
 
+def _boxes(dataset: DetectionDataset) -> int:
+    """The boxes a model learns from or is scored against (crowd regions, left out of both, not counted)."""
+    if dataset.include_crowd:
+        return dataset.num_objects()
+    return sum(int((~record.iscrowd).sum()) for record in dataset.records)
+
+
+def _training_set(config: RunConfig) -> DetectionDataset:
+    """The train split, refused when it has nothing to learn from; its class names go into the config."""
+    dataset = load_dataset(config.data, "train")
+    if _boxes(dataset) == 0:
+        raise DataError(
+            f"{dataset.source}: the training split has no objects (0 boxes in {len(dataset)} images); nothing to learn"
+        )
+    config.model.class_names = list(dataset.names)
+    config.model.category_ids = list(dataset.category_ids)
+    return dataset
+
+
+def _val_set(config: RunConfig, info: ddp.DistInfo) -> DetectionDataset | None:
+    """The val split for the main process's evaluations, if the data has one."""
+    if not (info.is_main and has_split(config.data, "val")):
+        return None
+    val = load_dataset(config.data, "val")
+    if _boxes(val) == 0:
+        logger.warning("%s: the val split has no objects, so AP is undefined; evaluations count detections", val.source)
+    return val
+
+
+def _restore(
+    checkpoint: dict[str, Any],
+    model: FasterRCNN,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    run_dir: Path,
+    info: ddp.DistInfo,
+) -> _State:
+    """Put the checkpoint's weights, optimiser, scaler and RNG states back; the run's state at it."""
+    load_matching(model, checkpoint["model"], source=str(run_dir / "last.pt"), what="the run's detector")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if scaler.is_enabled() and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    set_rng_states(checkpoint["rng"], model.transform.generator)
+    saved_world = int(checkpoint.get("world_size", info.world_size))
+    if saved_world != info.world_size:
+        logger.warning("resuming with %d processes instead of %d: the data order changes", info.world_size, saved_world)
+    iteration = int(checkpoint["iteration"])
+    state = _State(iteration, float(checkpoint.get("elapsed", 0.0)), iteration)
+    window = checkpoint.get("log_window") or {}
+    state.window = {k: float(v) for k, v in window.get("sums", {}).items()}
+    state.window_count, state.window_time = int(window.get("count", 0)), float(window.get("seconds", 0.0))
+    return state
+
+
+def _saved_plan(checkpoint: dict[str, Any], per_epoch: int) -> Plan:
+    """The plan the checkpointed run followed (older checkpoints: the budget it was started with)."""
+    saved = (checkpoint.get("scheduler") or {}).get("plan")
+    if isinstance(saved, dict):
+        return Plan.from_state(saved)
+    return Plan(*run_budget(RunConfig.from_dict(checkpoint["run_config"]).train, per_epoch))
+
+
+def _is_final(model_path: Path, iteration: int) -> bool:
+    """Whether ``model_path`` holds the run's final weights at ``iteration`` (written after its evaluation)."""
+    if not model_path.is_file():
+        return False
+    with contextlib.suppress(FpnError):
+        return read_state_dict(model_path).get("iteration") == iteration
+    return False
+
+
+def _plan(
+    checkpoint: dict[str, Any] | None, config: RunConfig, per_epoch: int, state: _State, run_dir: Path, main: bool
+) -> Plan | None:
+    """The run's plan; on resume, say in one line where it continues and how. None: nothing left to do."""
+    say = logger.info if main else logger.debug  # one line per run, not per process
+    total, budget = run_budget(config.train, per_epoch)
+    if checkpoint is None:
+        return Plan(total, budget)
+    saved = _saved_plan(checkpoint, per_epoch)
+    plan = saved.resumed(total, budget, state.iteration, state.elapsed)
+    new = describe_budget(total, budget)
+    if plan.done(state.iteration, state.elapsed) and _is_final(run_dir / "model.pt", state.iteration):
+        say(
+            "%s: the run is already complete (iteration %d, budget %s); to train longer, resume with a larger "
+            "--iters or --minutes", run_dir, state.iteration, new,
+        )  # fmt: skip
+        return None
+    old = describe_budget(saved.total, saved.budget)
+    where = f"of {new}" if old == new else f"with the budget {old} -> {new}"
+    schedule = Schedule.from_config(config.train)
+    how = continuation(schedule, saved, plan, state.iteration, state.elapsed, where=str(run_dir / "last.pt"))
+    say("resuming %s at iteration %d %s; %s", run_dir, state.iteration, where, how)
+    return plan
+
+
 def _train(
     config: RunConfig,
     run_dir: Path,
@@ -330,17 +368,17 @@ def _train(
     device: torch.device,
     checkpoint: dict[str, Any] | None,
     *,
+    resume: bool,
     progress: bool,
     on_step: Callable[[int, dict[str, float]], None] | None,
+    worker_init: Callable[[int], None],
 ) -> Path:
     cfg = config.train
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights in every process and every repetition
 
-    dataset = load_dataset(config.data, "train")
-    config.model.class_names = list(dataset.names)
-    config.model.category_ids = list(dataset.category_ids)
+    dataset = _training_set(config)
     model = FasterRCNN(config.model).to(device)
     model.transform.generator = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -354,18 +392,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     state = _State()
     if checkpoint is not None:
-        load_matching(model, checkpoint["model"], source=str(run_dir / "last.pt"), what="the run's detector")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler.is_enabled() and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        iteration = int(checkpoint["iteration"])
-        state = _State(iteration, float(checkpoint.get("elapsed", 0.0)), iteration)
-        set_rng_states(checkpoint["rng"], model.transform.generator)
-        saved_world = int(checkpoint.get("world_size", info.world_size))
-        if saved_world != info.world_size:
-            logger.warning(
-                "resuming with %d processes instead of %d: the data order changes", info.world_size, saved_world
-            )
+        state = _restore(checkpoint, model, optimizer, scaler, run_dir, info)
     train_model: nn.Module = model
     if info.distributed:
         ids = [device.index] if device.type == "cuda" else None
@@ -374,22 +401,27 @@ def _train(
     sampler = ddp.ShardedBatchSampler(
         len(dataset), cfg.batch_size, seed=cfg.seed, rank=info.rank, world_size=info.world_size, start=state.iteration
     )
-    total = cfg.iters if cfg.iters is not None else math.ceil(cfg.epochs * sampler.per_epoch) if cfg.epochs else None
-    budget = cfg.minutes * 60.0 if cfg.minutes else None
-    val = load_dataset(config.data, "val") if info.is_main and has_split(config.data, "val") else None
+    model_path = run_dir / "model.pt"
+    plan = _plan(checkpoint, config, sampler.per_epoch, state, run_dir, info.is_main)
+    if plan is None:
+        return model_path
+    val = _val_set(config, info)
     log = None
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(config.to_yaml(), run_dir / "config.yaml")
-        log = RunLog(run_dir, resume_from=state.iteration if checkpoint is not None else None)
+        with writing(run_dir / "config.yaml", "the run config"):
+            atomic_write_text(config.to_yaml(), run_dir / "config.yaml")
+        finishing = checkpoint is not None and plan.done(state.iteration, state.elapsed)
+        resume_from = state.iteration if checkpoint is not None else 0 if resume else None
+        log = RunLog(run_dir, resume_from=resume_from, replay_eval=finishing)
         logger.info(
-            "training %s on %s: %d images, %s iterations of %d images%s -> %s",
-            config.model.pyramid.design, config.data, len(dataset), total or "?", sampler.global_batch,
-            f" ({info.world_size} processes)" if info.distributed else "", run_dir,
+            "training %s on %s: %d images, %s, batches of %d%s -> %s",
+            config.model.pyramid.design, config.data, len(dataset), describe_budget(plan.total, plan.budget),
+            sampler.global_batch, f" ({info.world_size} processes)" if info.distributed else "", run_dir,
         )  # fmt: skip
 
-    loop = _Loop(config, model, train_model, optimizer, scaler, device, info, log, sampler, total, budget, amp)
-
+    loop = _Loop(
+        config, model, train_model, optimizer, scaler, device, info, log, sampler, plan, amp, StopRequest(), worker_init
+    )
     last_eval: dict[str, Any] | None = None
     try:
         last_eval = loop.run(state, dataset, val, run_dir, progress=progress, on_step=on_step)
@@ -398,12 +430,12 @@ def _train(
             with contextlib.suppress(Exception):
                 log.plot()
             log.close()
-    model_path = run_dir / "model.pt"
     if info.is_main:
         extra = {"run_config": config.to_dict(), "iteration": state.iteration}
         if last_eval is not None:
             extra["metrics"] = last_eval["metrics"]
-        save_detector(model, model_path, **extra)
+        with writing(model_path, "the final weights", kept=f"{run_dir / 'last.pt'} holds them"):
+            save_detector(model, model_path, **extra)
     ddp.barrier()
     return model_path
 
@@ -421,19 +453,15 @@ class _Loop:
     info: ddp.DistInfo
     log: RunLog | None  # None outside the main process
     sampler: ddp.ShardedBatchSampler
-    total: int | None  # iterations of the run; None for a minutes-only budget
-    budget: float | None  # seconds
+    plan: Plan  # the budget, and the progress through it the schedule follows
     amp: torch.dtype | None  # autocast to this dtype (mixed precision), or None
+    stop: StopRequest  # raised by SIGINT / SIGTERM during the iterations
+    worker_init: Callable[[int], None] | None = None  # data-loading processes' worker_init_fn
 
     def __post_init__(self) -> None:
         self.cfg = self.config.train
         self.schedule = Schedule.from_config(self.cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-
-    def progress_at(self, iteration: int, elapsed: float) -> float:
-        if self.total is not None:
-            return iteration / self.total
-        return elapsed / self.budget if self.budget else 0.0
 
     def run(
         self,
@@ -446,60 +474,63 @@ class _Loop:
         on_step: Callable[[int, dict[str, float]], None] | None,
     ) -> dict[str, Any] | None:
         """Iterate until the budget is spent; checkpoint, log and evaluate on the way and at the end."""
-        cfg, info = self.cfg, self.info
+        cfg, info, plan = self.cfg, self.info, self.plan
         started = time.perf_counter() - state.elapsed
-        done = (self.total is not None and state.iteration >= self.total) or (
-            self.budget is not None and state.elapsed >= self.budget
-        )
+        done = plan.done(state.iteration, state.elapsed)
         loader = DataLoader(
             KeyedDataset(dataset, cfg.flip),
             batch_sampler=self.sampler,
             num_workers=cfg.workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=self.worker_init if cfg.workers else None,
         )
         bar = tqdm(
-            total=self.total, initial=state.iteration, desc="train", unit="it", dynamic_ncols=True,
+            total=plan.total, initial=state.iteration, desc="train", unit="it", dynamic_ncols=True,
             disable=not (progress and info.is_main), file=sys.stderr,
         )  # fmt: skip
-        window: dict[str, float] = {}
-        window_count, window_time = 0, 0.0
         last_eval, eval_iteration = None, -1
         self.model.train()
         try:
-            for images, targets, keys in [] if done else loader:
-                it = state.iteration
-                lr = self.schedule(it, self.progress_at(it, time.perf_counter() - started))
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                step_start = time.perf_counter()
-                losses, grad_norm, out_of_time = self.step(images, targets, keys, it, started)
-                window_time += time.perf_counter() - step_start
-                state.iteration = it = it + 1
-                state.elapsed = time.perf_counter() - started
-                for key, value in {"loss": sum(losses.values()), **losses, "grad_norm": grad_norm}.items():
-                    window[key] = window.get(key, 0.0) + value
-                window_count += 1
-                bar.update()
-                bar.set_postfix(loss=f"{sum(losses.values()):.3f}", lr=f"{lr:.2e}", refresh=False)
-                finished = out_of_time or (self.total is not None and it >= self.total)
-                if info.is_main and (it % cfg.log_every == 0 or finished):
-                    seconds = window_time / window_count  # the steps alone, without evaluations and checkpoints
-                    record = {"type": "train", "iteration": it, "epoch": round(self.sampler.epoch_of(it), 4), "lr": lr}
-                    record.update({k: v / window_count for k, v in window.items()})
-                    record.update(sec_per_iter=round(seconds, 4), elapsed=round(state.elapsed, 2))
-                    self.log.write(record)
-                    if bar.disable:
-                        logger.info(_summary(record, self.total))
-                    window, window_count, window_time = {}, 0, 0.0
-                if it % cfg.checkpoint_every == 0 or finished:
-                    self.checkpoint(state, run_dir, plot=not finished)  # the end of the run plots anyway
-                if cfg.eval_every and it % cfg.eval_every == 0 and not finished:
-                    last_eval, eval_iteration = self.evaluate(val, it), it
-                if on_step is not None:
-                    on_step(it, losses)
-                if finished:
-                    break
+            with self.stop.handling():
+                for images, targets, keys in [] if done else loader:
+                    it = state.iteration
+                    lr = self.schedule(it, plan.progress(it, time.perf_counter() - started))
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    step_start = time.perf_counter()
+                    losses, grad_norm, out_of_time, stop = self.step(images, targets, keys, it, started)
+                    state.window_time += time.perf_counter() - step_start
+                    state.iteration = it = it + 1
+                    state.elapsed = time.perf_counter() - started
+                    for key, value in {"loss": sum(losses.values()), **losses, "grad_norm": grad_norm}.items():
+                        state.window[key] = state.window.get(key, 0.0) + value
+                    state.window_count += 1
+                    bar.update()
+                    bar.set_postfix(loss=f"{sum(losses.values()):.3f}", lr=f"{lr:.2e}", refresh=False)
+                    finished = out_of_time or (plan.total is not None and it >= plan.total)
+                    if info.is_main and (it % cfg.log_every == 0 or finished):
+                        count = state.window_count
+                        seconds = state.window_time / count  # the steps alone, without evaluations and checkpoints
+                        record = {"type": "train", "iteration": it, "epoch": round(self.sampler.epoch_of(it), 4)}
+                        record.update(lr=lr, **{k: v / count for k, v in state.window.items()})
+                        record.update(sec_per_iter=round(seconds, 4), elapsed=round(state.elapsed, 2))
+                        self.log.write(record)
+                        if bar.disable:
+                            logger.info(progress_line(record, plan.total, plan.budget))
+                        state.window, state.window_count, state.window_time = {}, 0, 0.0
+                    # Evaluate before checkpointing: a run killed in between redoes both, logging the same lines.
+                    if cfg.eval_every and it % cfg.eval_every == 0 and not finished:
+                        last_eval, eval_iteration = self.evaluate(val, it), it
+                    if it % cfg.checkpoint_every == 0 or finished:
+                        self.checkpoint(state, run_dir, plot=not finished)  # the end of the run plots anyway
+                    if on_step is not None:
+                        on_step(it, losses)
+                    if finished:
+                        break
+                    # Every process stops at the same iteration: the step's collective carried the request.
+                    if stop or (not info.distributed and self.stop):
+                        self.interrupt(state, run_dir)
         finally:
             bar.close()
         if state.iteration > state.checkpoint_iteration:
@@ -508,7 +539,8 @@ class _Loop:
             last_eval = self.evaluate(val, state.iteration)
         if last_eval is not None and info.is_main:
             payload = {"iteration": state.iteration, **{k: last_eval[k] for k in ("metrics", "per_level", "images")}}
-            atomic_write_text(json.dumps(payload, indent=2) + "\n", run_dir / "metrics.json")
+            with writing(run_dir / "metrics.json", "the metrics"):
+                atomic_write_text(json.dumps(payload, indent=2) + "\n", run_dir / "metrics.json")
         return last_eval
 
     def step(
@@ -518,10 +550,11 @@ class _Loop:
         keys: list[int],
         iteration: int,
         started: float,
-    ) -> tuple[dict[str, float], float, bool]:
+    ) -> tuple[dict[str, float], float, bool, bool]:
         """One optimiser step over this process's share of the global batch; collective on every rank.
 
-        Returns the losses (means over processes), the gradient norm, and whether the time budget is spent.
+        Returns the losses (means over processes), the gradient norm, whether the time budget is spent, and
+        whether any process was asked to stop (a signal).
         """
         device, micro = self.device, self.cfg.micro_batch or len(images)
         images = [image.to(device, non_blocking=True) for image in images]
@@ -543,11 +576,11 @@ class _Loop:
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value.detach().float() * weight
         # One collective per step: the mean losses over processes (a NaN anywhere is a NaN everywhere) and
-        # whether any process ran out of time, so that all processes stop together.
+        # whether any process ran out of time or was signalled, so that all processes stop together.
         names = list(sums)
-        over = self.budget is not None and time.perf_counter() - started >= self.budget
-        packed = torch.stack([*sums.values(), torch.tensor(float(over), device=device)])
-        packed = ddp.all_reduce_sum(packed).cpu().tolist()
+        over = self.budget_spent(started)
+        flags = torch.tensor([float(over), float(bool(self.stop))], device=device)
+        packed = ddp.all_reduce_sum(torch.cat([torch.stack(list(sums.values())), flags])).cpu().tolist()
         losses_mean = {k: v / self.info.world_size for k, v in zip(names, packed)}
         for key, value in losses_mean.items():
             if not math.isfinite(value):
@@ -559,7 +592,10 @@ class _Loop:
             self.diverged(iteration + 1, f"the gradient norm is {grad_norm}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return losses_mean, grad_norm, packed[-1] > 0
+        return losses_mean, grad_norm, packed[-2] > 0, packed[-1] > 0
+
+    def budget_spent(self, started: float) -> bool:
+        return self.plan.budget is not None and time.perf_counter() - started >= self.plan.budget
 
     def diverged(self, iteration: int, what: str) -> None:
         last = self.info.is_main and self.log is not None and (self.log.path.parent / "last.pt").is_file()
@@ -568,25 +604,36 @@ class _Loop:
             where = "see rank 0 for the last good checkpoint"
         raise TrainingDiverged(f"training diverged at iteration {iteration} ({what}); {where}")
 
+    def interrupt(self, state: _State, run_dir: Path) -> None:
+        """Stop on a signal: checkpoint the iteration just done (unless that is written), then raise."""
+        if state.checkpoint_iteration != state.iteration:
+            self.checkpoint(state, run_dir)
+        raise TrainingInterrupted(run_dir, state.iteration, self.info.world_size)
+
     def checkpoint(self, state: _State, run_dir: Path, *, plot: bool = False) -> None:
         """Write ``last.pt`` (main process) with everything a resumed run needs."""
-        state.checkpoint_iteration = state.iteration
+        previous, state.checkpoint_iteration = state.checkpoint_iteration, state.iteration
         if not self.info.is_main:
             return
+        path = run_dir / "last.pt"
         sampler_state = {**self.sampler.state_dict(), "iteration": state.iteration}
-        progress = self.progress_at(state.iteration, state.elapsed)
-        save_detector(
-            self.model,
-            run_dir / "last.pt",
-            run_config=self.config.to_dict(),
-            optimizer=self.optimizer.state_dict(),
-            scheduler={"kind": self.cfg.schedule, "iteration": state.iteration, "progress": progress},
-            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            iteration=state.iteration,
-            elapsed=state.elapsed,
-            world_size=self.info.world_size,
-            rng={**rng_states(self.model.transform.generator), "sampler": sampler_state},
-        )
+        progress = self.plan.progress(state.iteration, state.elapsed)
+        schedule = {"kind": self.cfg.schedule, "iteration": state.iteration, "progress": progress}
+        kept = f"{path} of iteration {previous} is unchanged" if previous >= 0 and path.is_file() else ""
+        with writing(path, "the checkpoint", kept=kept):
+            save_detector(
+                self.model,
+                path,
+                run_config=self.config.to_dict(),
+                optimizer=self.optimizer.state_dict(),
+                scheduler={**schedule, "plan": self.plan.state_dict()},
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                iteration=state.iteration,
+                elapsed=state.elapsed,
+                world_size=self.info.world_size,
+                rng={**rng_states(self.model.transform.generator), "sampler": sampler_state},
+                log_window=state.window_state(),
+            )
         if plot:
             self.log.plot()
 
@@ -597,16 +644,16 @@ class _Loop:
             result = evaluate(self.model, val, batch_size=self.cfg.batch_size, device=self.device)
             record = {"type": "eval", "iteration": iteration, **result["metrics"], "per_level": result["per_level"]}
             self.log.write(record)
-            logger.info("iteration %d: AP %s, AP50 %s", iteration, result["metrics"]["AP"], result["metrics"]["AP50"])
+            logger.info("iteration %d: %s", iteration, _ap_text(result))
         self.model.train()
         ddp.barrier()
         return result
 
 
-def _summary(record: dict[str, Any], total: int | None) -> str:
-    of = f"/{total}" if total else ""
-    eta = ""
-    if total:
-        seconds = record["sec_per_iter"] * (total - record["iteration"])
-        eta = f", eta {int(seconds // 60)}:{int(seconds % 60):02d}"
-    return f"iter {record['iteration']}{of}: loss {record['loss']:.4f}, lr {record['lr']:.2e}{eta}"
+def _ap_text(result: dict[str, Any]) -> str:
+    """``AP 12.3, AP50 25.0``; without objects in the val split AP is undefined, which it says."""
+    metrics = result["metrics"]
+    if metrics.get("AP") is None:
+        detections = sum(row["total"] for row in result["per_level"].values())
+        return f"AP undefined (the val split has no objects; {detections} detections)"
+    return f"AP {metrics['AP']:.1f}, AP50 {metrics['AP50']:.1f}"
