@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-import fpn.ops.conv_pointwise as conv_pointwise
+import fpn.layers.conv_pointwise as conv_pointwise
 from fpn.backbones.fuse import fold_frozen_batchnorms, let_blocks_overwrite_inputs
 from fpn.backbones.resnet import ResNet
-
-from .test_norms import close
+from tests.layers.test_norms import close
 
 
 def _resnet(depth: int) -> ResNet:

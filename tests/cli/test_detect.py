@@ -294,7 +294,7 @@ def test_bf16_precision_finds_the_same_top_detections(weights, image_dir, first_
 @pytest.mark.parametrize("direct", [False, True], ids=["winograd", "direct"])
 def test_direct_conv_keeps_the_direct_convolutions(image_dir, direct):
     from fpn.detect import detect_files
-    from fpn.ops.winograd import WinogradConv2d
+    from fpn.layers.winograd import WinogradConv2d
 
     torch.manual_seed(0)
     config = preset("small-fpn")  # 128-channel pyramid: Winograd unless told otherwise

@@ -355,7 +355,7 @@ def test_bfloat16_inference_keeps_boxes_and_scores_in_float32_and_close_to_float
 
 
 def test_winograd_training_gives_the_same_losses_and_gradients(monkeypatch):
-    from fpn.ops import winograd as winograd_ops
+    from fpn.layers import winograd as winograd_ops
 
     monkeypatch.setattr(winograd_ops.WinogradConv2d, "min_tiles_training", 1)  # a micro model's maps are small
     folded_calls = []  # Winograd convolutions that received a folded (non-leaf) weight from conv_norm

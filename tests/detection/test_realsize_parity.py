@@ -88,7 +88,7 @@ def test_optimized_path_without_winograd_matches_torchvision(checkpoint, expecte
 
 def test_winograd_engages_at_real_sizes(checkpoint):
     """The fast path is what is tested: its convolutions run at 800 px (and not at the 96 px of smoke tests)."""
-    from fpn.ops.winograd import WinogradConv2d
+    from fpn.layers.winograd import WinogradConv2d
 
     model = build(checkpoint, "inference_mode", {})
     swapped = [m for m in model.modules() if isinstance(m, WinogradConv2d)]

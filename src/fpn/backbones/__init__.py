@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fpn.backbones.norms import FrozenBatchNorm2d, make_norm
 from fpn.backbones.resnet import ResNet, resnet
 from fpn.config import BackboneConfig
+from fpn.layers.norms import FrozenBatchNorm2d, make_norm
 
 __all__ = ["FrozenBatchNorm2d", "ResNet", "build_backbone", "load_imagenet_weights", "make_norm", "resnet"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fpn.backbones.norms import FrozenBatchNorm2d, folded_weight_bias
 from fpn.backbones.resnet import BasicBlock, Bottleneck
+from fpn.layers.norms import FrozenBatchNorm2d, folded_weight_bias
 
 
 @torch.no_grad()
@@ -54,7 +54,7 @@ def let_blocks_overwrite_inputs(module: nn.Module) -> int:
     """Let every ResNet block of ``module`` write its result into its input in inference; returns how many.
 
     A block's input is its shortcut; the fused convolution + add + ReLU can then accumulate into it
-    instead of allocating a fresh map (see :func:`fpn.ops.conv_pointwise.conv_relu`). Safe inside a
+    instead of allocating a fresh map (see :func:`fpn.layers.conv_pointwise.conv_relu`). Safe inside a
     backbone's forward, where each block's input is read by that block only.
     """
     blocks = [m for m in module.modules() if isinstance(m, (BasicBlock, Bottleneck))]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fpn.backbones.norms import conv_norm, conv_norm_relu, make_norm
+from fpn.layers.norms import conv_norm, conv_norm_relu, make_norm
 from fpn.levels import Level, level
 
 # Blocks per stage for each depth, and whether the depth uses bottleneck blocks.

@@ -25,8 +25,8 @@ from fpn.detection.image_pyramid import detect_multiscale
 from fpn.detection.roi_heads import RoIHeads
 from fpn.detection.rpn import RegionProposalNetwork
 from fpn.detection.transform import DetectionTransform
+from fpn.layers.winograd import use_winograd
 from fpn.levels import check_features, describe
-from fpn.ops.winograd import use_winograd
 from fpn.pyramids import build_pyramid
 
 
@@ -58,14 +58,14 @@ class FasterRCNN(nn.Module):
 
         In float32 the detections equal the unoptimized model's (the torchvision parity test runs both).
         ``winograd`` (float32 only) computes the 3x3 stride-1 convolutions of 128 channels or more with
-        Winograd F(4x4, 3x3) (:mod:`fpn.ops.winograd`): 4x fewer multiplications, float32 results that
+        Winograd F(4x4, 3x3) (:mod:`fpn.layers.winograd`): 4x fewer multiplications, float32 results that
         differ from the direct convolution's by ~1e-5 of the map's range; pass ``False`` for the direct
         convolutions. ``dtype=torch.bfloat16`` stores the networks' weights in bfloat16 and runs them so (no
         autocast: weights are cast once, not at every call), while anchors, RoIAlign's sampling, box
         decoding, scores and NMS stay in float32; its accuracy change is measured, not zero
         (benchmarks/bf16_accuracy.py); Winograd is not used there (bfloat16 cannot carry its transforms).
         The weights change shape, so an optimized model can neither train nor be saved: load it again.
-        On the CPU, convolution + shortcut + ReLU run as one oneDNN kernel (:mod:`fpn.ops.conv_pointwise`)
+        On the CPU, convolution + shortcut + ReLU run as one oneDNN kernel (:mod:`fpn.layers.conv_pointwise`)
         that writes each ResNet block's result into the block's input: a forward hook that keeps a block's
         output sees it overwritten by the next block (the stage outputs C2..C5 are not).
         """
@@ -91,7 +91,7 @@ class FasterRCNN(nn.Module):
     def use_winograd(self, min_channels: int = 128) -> int:
         """Compute the wide 3x3 stride-1 convolutions with Winograd F(4x4, 3x3) on the CPU, in training too.
 
-        The swapped modules keep their parameters, names and state dict (:mod:`fpn.ops.winograd`); float32
+        The swapped modules keep their parameters, names and state dict (:mod:`fpn.layers.winograd`); float32
         only (bfloat16 and autocast take the direct convolution), results within ~1e-5 of the map's range of
         the direct convolution's. Returns how many convolutions were swapped (none in narrow presets: below
         128 channels (``min_channels``) the transforms cost more than they save).

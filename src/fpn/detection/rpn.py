@@ -17,6 +17,7 @@ from torch import nn
 
 from fpn.config import RPNConfig
 from fpn.detection.anchors import AnchorGenerator
+from fpn.layers import conv_relu
 from fpn.levels import Level, check_levels
 from fpn.ops import (
     BalancedPositiveNegativeSampler,
@@ -25,7 +26,6 @@ from fpn.ops import (
     batched_nms,
     box_iou,
     clip_boxes_to_image,
-    conv_relu,
     remove_small_boxes,
 )
 

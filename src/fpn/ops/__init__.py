@@ -1,5 +1,6 @@
-"""Detection ops in plain PyTorch: box geometry and coding, NMS, RoIAlign, multi-scale pooling, matching
-(and a fused convolution + ReLU for CPU inference).
+"""Detection ops in plain PyTorch: box geometry and coding, NMS, RoIAlign, multi-scale pooling, matching.
+
+Network building blocks (norms, fused convolution + ReLU, Winograd) are in :mod:`fpn.layers`.
 
 Everything here reproduces torchvision's semantics (checked against golden files produced by it) without
 importing torchvision, whose compiled ops are not available everywhere this package runs.
@@ -8,7 +9,6 @@ importing torchvision, whose compiled ops are not available everywhere this pack
 from __future__ import annotations
 
 from fpn.ops.boxes import BoxCoder, box_area, box_iou, clip_boxes_to_image, remove_small_boxes
-from fpn.ops.conv_pointwise import conv_relu
 from fpn.ops.matching import BalancedPositiveNegativeSampler, Matcher
 from fpn.ops.nms import batched_nms, nms
 from fpn.ops.poolers import MultiScaleRoIAlign, assign_levels
@@ -25,7 +25,6 @@ __all__ = [
     "box_iou",
     "boxes_to_rois",
     "clip_boxes_to_image",
-    "conv_relu",
     "nms",
     "remove_small_boxes",
     "roi_align",

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fpn.backbones.norms import make_norm
+from fpn.layers.norms import make_norm
 from fpn.levels import Level, check_levels
 
 

@@ -1,4 +1,4 @@
-"""The transforms of Winograd F(4x4, 3x3) (see :mod:`fpn.ops.winograd`) and their transposes, by chunks of tiles.
+"""The transforms of Winograd F(4x4, 3x3) (see :mod:`fpn.layers.winograd`) and their transposes, by chunks of tiles.
 
 A map is cut into 4x4 output tiles; tile (i, j) reads the 6x6 input window at padded rows 4i..4i+5 and
 columns 4j..4j+5, so neighbouring windows share two rows (columns). Each transform is one small matrix

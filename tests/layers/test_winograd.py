@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import fpn.ops.winograd as winograd_module
-from fpn.ops.winograd import WinogradConv2d, Workspace, transform_weight, use_winograd, winograd_conv3x3
+import fpn.layers.winograd as winograd_module
+from fpn.layers.winograd import WinogradConv2d, Workspace, transform_weight, use_winograd, winograd_conv3x3
 
 
 @pytest.fixture(params=[2048, 5], ids=["one-chunk", "chunks-of-5-tiles"])
@@ -118,7 +118,7 @@ def test_module_matches_its_convolution_and_small_maps_go_direct():
 @pytest.mark.parametrize("n, c, k, h, w", [(1, 3, 2, 5, 6), (2, 2, 3, 9, 4), (1, 2, 2, 14, 9)])
 def test_backward_is_the_exact_adjoint_of_the_forward(n, c, k, h, w, chunking):
     # In float64, gradcheck compares the hand-written transposed transforms with finite differences.
-    from fpn.ops.winograd import _WinogradConvFunction
+    from fpn.layers.winograd import _WinogradConvFunction
 
     x, weight, bias = (t.double().requires_grad_() for t in conv_case(3, n, c, k, h, w))
 

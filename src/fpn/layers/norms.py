@@ -1,4 +1,4 @@
-"""Normalisation layers for the bottom-up pathway.
+"""Normalisation layers for backbones and pyramids.
 
 ``frozen_bn`` is what a pretrained detector uses: batch statistics from ImageNet, fixed, because detection
 batches (1-2 images per device) are too small to estimate them. ``gn`` (GroupNorm) is for training from
@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from fpn.ops.conv_pointwise import add_relu_, conv_relu
-from fpn.ops.group_norm import GroupNorm
+from fpn.layers.conv_pointwise import add_relu_, conv_relu
+from fpn.layers.group_norm import GroupNorm
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -73,9 +73,9 @@ def conv_norm_relu(
     """``relu(norm(conv(x)) + residual)`` (``residual`` optional), the step every ResNet block is made of.
 
     Once ``optimize_for_inference`` has folded the norm away (an ``Identity``), the three operations run as
-    one oneDNN kernel where they can (:func:`fpn.ops.conv_pointwise.conv_relu`; with ``overwrite_residual``
+    one oneDNN kernel where they can (:func:`fpn.layers.conv_pointwise.conv_relu`; with ``overwrite_residual``
     writing into ``residual``); otherwise separately, the add and the ReLU in place
-    (:func:`fpn.ops.conv_pointwise.add_relu_`).
+    (:func:`fpn.layers.conv_pointwise.add_relu_`).
     """
     if isinstance(norm, nn.Identity):
         return conv_relu(conv, x, residual, overwrite_residual=overwrite_residual)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpn.ops.conv_pointwise import conv_relu, fusable
-from fpn.ops.winograd import WinogradConv2d, Workspace
+from fpn.layers.conv_pointwise import conv_relu, fusable
+from fpn.layers.winograd import WinogradConv2d, Workspace
 
 
 def close(got: torch.Tensor, expected: torch.Tensor) -> bool:

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpn.ops import group_norm as gn
-from fpn.ops.group_norm import GroupNorm, _ChannelsLastGroupNorm
+from fpn.layers import group_norm as gn
+from fpn.layers.group_norm import GroupNorm, _ChannelsLastGroupNorm
 
 
 def _norm(groups: int, channels: int) -> GroupNorm:

@@ -9,13 +9,13 @@ already runs at its peak rate, this is the only way to go faster in float32.
 
 The price is rounding: the transforms mix values with factors up to 8, so a float32 result differs from the
 float64 convolution by ~1e-5 of the output's range, against ~2e-6 for the direct convolution
-(tests/ops/test_winograd.py measures both). Detections are unchanged (the torchvision parity test runs the
+(tests/layers/test_winograd.py measures both). Detections are unchanged (the torchvision parity test runs the
 optimized model); ``FasterRCNN.optimize_for_inference(winograd=False)`` keeps the direct convolutions.
 
 Memory layout: per chunk of tile rows, the chunk's band of the input is padded into an NHWC workspace,
 its windows gathered and transformed by one small matrix product into ``V[36, tiles, C]``, the 36 GEMMs run as one
 batched GEMM (MKL), and one more small product plus one copy write the interleaved NHWC result
-(:mod:`fpn.ops.winograd_transforms`). Workspaces are kept between calls and shared by all layers of a
+(:mod:`fpn.layers.winograd_transforms`). Workspaces are kept between calls and shared by all layers of a
 model: a fresh 400 MB buffer per call costs more in page faults than the transforms themselves.
 """
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fpn.ops.winograd_transforms import (
+from fpn.layers.winograd_transforms import (
     TAPS,
     TILE,
     Tiling,
