@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fpn.checkpoints import save_detector
 from fpn.cli import main
 from fpn.detection import FasterRCNN
+from fpn.detection.checkpoint import save_detector
 from fpn.presets import preset
 
 CLASSES = ["cat", "dog"]

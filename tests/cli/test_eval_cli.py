@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.checkpoints import save_detector
 from fpn.cli import main
 from fpn.data import make_synthetic
 from fpn.detection import FasterRCNN
+from fpn.detection.checkpoint import save_detector
 from fpn.presets import preset
 
 

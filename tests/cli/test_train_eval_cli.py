@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.checkpoints import read_state_dict
 from fpn.cli import main
 from fpn.data import make_synthetic
 from fpn.engine.run_folder import RunLock
+from fpn.io import read_state_dict
 
 FAST = [
     "workers=0",  # a bare key: train.workers

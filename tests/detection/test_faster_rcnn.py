@@ -305,7 +305,7 @@ def test_bf16_autocast_keeps_boxes_and_scores_in_fp32():
 
 
 def test_optimized_for_inference_gives_the_same_detections(tmp_path):
-    from fpn.checkpoints import save_detector
+    from fpn.detection.checkpoint import save_detector
 
     torch.manual_seed(0)
     config = preset("micro-fpn")

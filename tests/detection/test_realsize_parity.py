@@ -21,7 +21,7 @@ import pytest
 import torch
 from realsize import assert_same_detections, golden, photo_tensor, write_torchvision_r50
 
-from fpn.checkpoints import load_detector
+from fpn.detection.checkpoint import load_detector
 
 pytestmark = pytest.mark.real
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.checkpoints import load_detector
 from fpn.data.images import load_image
+from fpn.detection.checkpoint import load_detector
 
 ROOT = Path(__file__).parents[2]
 GOLDEN = ROOT / "tests" / "golden"

@@ -20,11 +20,11 @@ import pytest
 import torch
 import yaml
 
-from fpn.checkpoints import read_state_dict
 from fpn.config import to_dict
 from fpn.data import make_synthetic
 from fpn.detection import FasterRCNN
 from fpn.engine import RunConfig, build_run_config, train
+from fpn.io import read_state_dict
 from fpn.presets import preset
 
 SRC = Path(__file__).resolve().parents[2] / "src"

@@ -11,12 +11,13 @@ import pytest
 import torch
 import yaml
 
-from fpn.checkpoints import load_detector, read_state_dict
 from fpn.config import to_dict
 from fpn.data import SYNTHETIC_CLASSES, make_synthetic
+from fpn.detection.checkpoint import load_detector
 from fpn.engine import RunConfig, Schedule, TrainConfig, TrainingDiverged, build_run_config, train
 from fpn.engine.distributed import ShardedBatchSampler
 from fpn.errors import ConfigError
+from fpn.io import read_state_dict
 from fpn.presets import preset
 
 # The micro-fpn preset (tiny-fpn, smaller still: 96 px images, few proposals) with quick training settings.

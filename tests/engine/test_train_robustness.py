@@ -24,7 +24,6 @@ import pytest
 import torch
 import yaml
 
-from fpn.checkpoints import read_state_dict
 from fpn.config import to_dict
 from fpn.data import make_synthetic
 from fpn.engine import RunConfig, Schedule, build_run_config, train
@@ -33,6 +32,7 @@ from fpn.engine.run_log import progress_line
 from fpn.engine.schedule import Plan
 from fpn.engine.stop import TrainingInterrupted
 from fpn.errors import ConfigError, DataError, FpnError
+from fpn.io import read_state_dict
 from fpn.presets import preset
 
 SRC = Path(__file__).resolve().parents[2] / "src"

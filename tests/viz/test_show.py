@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fpn.checkpoints import save_detector
 from fpn.cli import main
 from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
 from fpn.data import load_dataset, make_synthetic
 from fpn.detection import FasterRCNN
+from fpn.detection.checkpoint import save_detector
 from fpn.presets import preset
 from fpn.viz.anchors import fit
 from fpn.viz.show import inspect_image
@@ -45,8 +45,8 @@ def image_path(tmp_path_factory):
 
 
 def test_inspection_counts_add_up(weights, image_path):
-    from fpn.checkpoints import load_detector
     from fpn.data.images import load_image
+    from fpn.detection.checkpoint import load_detector
 
     model, _ = load_detector(weights)
     model.roi_heads.config.score_thresh = 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fpn.backbones.resnet import ResNet, resnet
 from fpn.config import BackboneConfig
+from fpn.io import load_matching, read_state_dict
 from fpn.layers.norms import FrozenBatchNorm2d, make_norm
 
 __all__ = ["FrozenBatchNorm2d", "ResNet", "build_backbone", "load_imagenet_weights", "make_norm", "resnet"]
@@ -29,8 +30,6 @@ def load_imagenet_weights(model: ResNet, source: str) -> None:
     Every backbone key must be present with its shape; the only keys allowed beyond them are the
     classifier's ``fc.weight`` / ``fc.bias``, which the detector does not use.
     """
-    from fpn.checkpoints import load_matching, read_state_dict
-
     state = read_state_dict(source)
     # The classifier, and stages the model dropped (a single map from C4 needs no layer4), are not used.
     unused = ("fc.", *(f"layer{i}." for i in range(len(model.levels) + 1, 5)))

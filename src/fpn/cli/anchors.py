@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fpn.checkpoints import atomic_write_text, check_writable
+from fpn.io import atomic_write_text, check_writable
 
 
 def add_parser(subparsers) -> None:
@@ -25,10 +25,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.checkpoints import load_detector
     from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
     from fpn.data import load_dataset
     from fpn.detection import FasterRCNN
+    from fpn.detection.checkpoint import load_detector
     from fpn.presets import preset
     from fpn.viz.anchors import fit, fit_figure
     from fpn.viz.save import save_picture

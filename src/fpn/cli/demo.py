@@ -30,9 +30,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.checkpoints import load_detector
     from fpn.data import load_dataset
     from fpn.data.images import open_image, pil_to_tensor
+    from fpn.detection.checkpoint import load_detector
     from fpn.engine.train import train
     from fpn.viz.features import pyramid_figure
     from fpn.viz.show import counts_table, detections_by_level, inspect_image

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fpn.checkpoints import atomic_write_text, check_writable, load_detector
 from fpn.cli.options import add_score_thresh
 from fpn.data.images import list_images
 from fpn.detect import detect_files, results_json
+from fpn.detection.checkpoint import load_detector
 from fpn.engine.distributed import resolve_device
 from fpn.errors import DataError
+from fpn.io import atomic_write_text, check_writable
 from fpn.viz.draw import draw_detections
 from fpn.viz.save import save_picture
 

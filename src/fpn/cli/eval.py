@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 
-from fpn.checkpoints import atomic_write_text, check_writable, load_detector
 from fpn.data import load_dataset
+from fpn.detection.checkpoint import load_detector
 from fpn.engine.distributed import resolve_device
 from fpn.engine.evaluate import evaluate, format_metrics, format_per_level
 from fpn.errors import ConfigError
+from fpn.io import atomic_write_text, check_writable
 
 
 def add_parser(subparsers) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from fpn.checkpoints import atomic_write_text, check_writable, load_detector
 from fpn.cli.options import add_score_thresh
 from fpn.data.images import pil_to_tensor
 from fpn.detect import open_named_image
+from fpn.detection.checkpoint import load_detector
 from fpn.errors import ImageError
+from fpn.io import atomic_write_text, check_writable
 from fpn.viz.features import pyramid_figure
 from fpn.viz.save import save_picture
 from fpn.viz.show import counts_table, detections_by_level, inspect_image, parse_boxes

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fpn.checkpoints import atomic_write_text
 from fpn.data.dataset import ImageRecord, size_mismatch
 from fpn.data.images import open_image
 from fpn.errors import DataError, FpnError
+from fpn.io import atomic_write_text
 
 logger = logging.getLogger("fpn.data")
 

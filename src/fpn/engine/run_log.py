@@ -14,8 +14,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from fpn.checkpoints import atomic_write_bytes, atomic_write_text
 from fpn.engine.run_folder import writing
+from fpn.io import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Pictures written as every other output is: atomically, and with a one-line error if they cannot be.
 
-A picture is encoded in memory first, then written through :func:`fpn.checkpoints.atomic_write_bytes`:
+A picture is encoded in memory first, then written through :func:`fpn.io.atomic_write_bytes`:
 an interrupted run never leaves half a PNG, and a full disk or a read-only folder is an
 :class:`~fpn.errors.OutputError` naming the file, not a traceback from inside Pillow or matplotlib.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from fpn.checkpoints import atomic_write_bytes
 from fpn.errors import OutputError
+from fpn.io import atomic_write_bytes
 
 
 def save_picture(picture: Any, path: str | os.PathLike, **options: Any) -> Path:

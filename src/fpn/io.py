@@ -1,4 +1,4 @@
-"""Reading and writing weights, safely.
+"""Reading weights safely and writing every output atomically.
 
 Files are read with ``torch.load(..., weights_only=True)`` (or safetensors), never as arbitrary pickles.
 Files are written atomically (temporary file in the same folder, then rename), so an interrupted write
@@ -6,12 +6,8 @@ never leaves a half-written checkpoint where a good one was. The same writes ser
 commands (JSON, YAML, pictures): :func:`check_writable` tests an output path before a command's work, and
 a write that fails anyway raises a one-line :class:`~fpn.errors.OutputError` naming the file.
 
-Three layouts are understood:
-
-* the project's own checkpoints: ``{"format": "fpn", "config": {...}, "model": state_dict, ...}``;
-  the config inside is enough to rebuild the model;
-* torchvision ``fasterrcnn_resnet50_fpn`` state dicts (detected from their keys), converted on load;
-* torchvision ImageNet ResNet state dicts, for the backbone (see :mod:`fpn.backbones`).
+This module knows nothing of detectors and imports nothing of ``fpn`` but :mod:`fpn.errors`: loading and
+saving a detector (the project's layout, torchvision's) is :mod:`fpn.detection.checkpoint`.
 """
 
 from __future__ import annotations
@@ -26,8 +22,6 @@ import torch
 from torch import nn
 
 from fpn.errors import CheckpointError, OutputError
-
-FORMAT = "fpn"
 
 
 def read_state_dict(source: str | os.PathLike) -> dict[str, Any]:
@@ -172,101 +166,3 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
     """Write a binary file atomically (pictures encoded in memory first)."""
     return _atomic_write(path, "wb", lambda handle: handle.write(data))
-
-
-# ------------------------------------------------------------------------------------------ detectors
-
-
-def _torchvision_key(key: str) -> str | None:
-    """Our name for a torchvision ``fasterrcnn_resnet50_fpn`` key (its old and new module layouts), else None.
-
-    Only the plain-conv layouts are accepted: ``inner_blocks.{i}[.0].{leaf}``, ``rpn.head.conv[.0.0].{leaf}``.
-    The v2 model (norms inside these blocks: ``inner_blocks.{i}.1.*``) is a different architecture.
-    """
-    parts = key.split(".")
-    if key.startswith("backbone.body."):
-        return "backbone." + key[len("backbone.body.") :]
-    if key.startswith(("backbone.fpn.inner_blocks.", "backbone.fpn.layer_blocks.")):
-        if len(parts) == 5 or (len(parts) == 6 and parts[4] == "0"):
-            index, leaf = int(parts[3]), parts[-1]
-            if parts[2] == "inner_blocks":
-                return f"pyramid.lateral.c{index + 2}.{leaf}"
-            return f"pyramid.smooth.p{index + 2}.{leaf}"
-        return None
-    if key.startswith("rpn.head.conv."):
-        if len(parts) == 4 or (len(parts) == 6 and parts[3:5] == ["0", "0"]):
-            return f"rpn.head.conv.{parts[-1]}"
-        return None
-    if key.startswith(("rpn.head.", "roi_heads.box_head.fc", "roi_heads.box_predictor.")):
-        return key
-    return None
-
-
-def is_torchvision_layout(state: Mapping[str, Any]) -> bool:
-    return "backbone.body.conv1.weight" in state and any(k.startswith("backbone.fpn.") for k in state)
-
-
-def convert_torchvision(state: Mapping[str, Any], *, source: str) -> dict[str, Any]:
-    """Rename a torchvision ``fasterrcnn_resnet50_fpn`` state dict to this project's module names."""
-    out = {}
-    for key, value in state.items():
-        ours = _torchvision_key(key)
-        if ours is None:
-            raise CheckpointError(
-                f"{source}: key {key!r} is not part of torchvision's fasterrcnn_resnet50_fpn "
-                "(only that torchvision layout is supported)"
-            )
-        out[ours] = value
-    return out
-
-
-def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
-    """Write the project's checkpoint: config + weights (+ anything in ``extra``, e.g. optimizer state)."""
-    from fpn.config import to_dict
-
-    if getattr(model, "optimized", False):
-        raise ValueError("an inference-optimized model (folded BatchNorms) cannot be saved; save the original")
-    payload = {"format": FORMAT, "version": 1, "config": to_dict(model.config), "model": model.state_dict()}
-    payload.update(extra)
-    return atomic_save(payload, path)
-
-
-def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | None = None):
-    """Rebuild a detector from a checkpoint alone: the project's format, or torchvision's layout.
-
-    Returns ``(model, checkpoint_dict)``; the model is on the CPU in eval mode.
-    """
-    from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
-    from fpn.detection import FasterRCNN
-    from fpn.presets import r50_fpn
-
-    source = str(source)
-    state = read_state_dict(source)
-    if state.get("format") == FORMAT:
-        if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), Mapping):
-            raise CheckpointError(f"{source}: fpn checkpoint without 'config' and 'model' entries")
-        config_dict, weights = state["config"], state["model"]
-    elif is_torchvision_layout(state):
-        weights = convert_torchvision(state, source=source)
-        config = r50_fpn()
-        # torchvision runs its COCO checkpoint with FrozenBatchNorm eps = 0 (overwrite_eps); to get its
-        # detections, so must we. A model fine-tuned from ImageNet weights used 1e-5: backbone.bn_eps=1e-5.
-        config.backbone.bn_eps = 0.0
-        classes = weights.get("roi_heads.box_predictor.cls_score.weight")
-        if classes is None:
-            raise CheckpointError(f"{source}: torchvision layout without roi_heads.box_predictor.cls_score.weight")
-        if classes.shape[0] != config.num_classes:
-            # A fine-tuned torchvision model: same architecture, its own classes (names unknown).
-            config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
-        config_dict = to_dict(config)
-    else:
-        raise CheckpointError(
-            f"{source}: neither an fpn checkpoint nor a torchvision fasterrcnn_resnet50_fpn state dict"
-        )
-    if config_overrides:
-        config_dict = apply_overrides(config_dict, list(config_overrides))
-    config = from_dict(ModelConfig, config_dict, where=source)
-    config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
-    model = FasterRCNN(config)
-    load_matching(model, weights, source=source, what=f"the '{config.pyramid.design}' detector its config describes")
-    return model.eval(), state
