@@ -35,5 +35,8 @@ class ImageError(DataError, ValueError):
     """
 
 
-class OutputError(FpnError):
-    """An output file or folder that cannot be written (missing permission, read-only disk, a file in the way)."""
+class OutputError(FpnError, OSError):
+    """An output file or folder that cannot be written (missing permission, read-only disk, a file in the way).
+
+    Also an OSError, which is what a Python caller whose write failed expects to catch.
+    """

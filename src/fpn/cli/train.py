@@ -47,6 +47,10 @@ def add_parser(subparsers) -> None:
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The run config the flags describe: preset, then --config, then flags, then overrides."""
     config_file = args.config
+    if args.resume and not args.data and config_file is None and not (Path(args.out) / "config.yaml").is_file():
+        raise ConfigError(
+            f"{args.out}: no run to resume here (no config.yaml); start one with --data D --out {args.out}"
+        )
     if args.resume and config_file is None and args.out and (Path(args.out) / "config.yaml").is_file():
         if args.model or args.design:
             raise ConfigError("--model / --design cannot change a resumed run's model; leave them out")
