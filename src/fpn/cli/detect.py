@@ -19,7 +19,7 @@ from fpn.cli.options import add_score_thresh
 from fpn.data.images import list_images
 from fpn.detect import detect_files, results_json
 from fpn.detection.checkpoint import load_detector
-from fpn.engine.distributed import resolve_device
+from fpn.device import resolve_device
 from fpn.errors import DataError
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.draw import draw_detections

@@ -13,7 +13,7 @@ import sys
 
 from fpn.data import load_dataset
 from fpn.detection.checkpoint import load_detector
-from fpn.engine.distributed import resolve_device
+from fpn.device import resolve_device
 from fpn.engine.evaluate import evaluate, format_metrics, format_per_level
 from fpn.errors import ConfigError
 from fpn.io import atomic_write_text, check_writable

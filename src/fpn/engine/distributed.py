@@ -1,4 +1,5 @@
-"""Several processes, one run: ``torchrun`` environment, device choice, collective helpers, data order.
+"""Several processes, one run: ``torchrun`` environment, collective helpers, data order
+(the device choice, :func:`fpn.device.resolve_device`, serves every command).
 
 A run launched by ``torchrun --nproc_per_node N -m fpn train ...`` reads ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` from the environment and joins a process group (gloo on the CPU, NCCL on CUDA). Without them
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fpn.device import resolve_device  # noqa: F401  (callers may still reach it here: ddp.resolve_device)
 from fpn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -57,20 +59,6 @@ def dist_info() -> DistInfo:
         )
     except ValueError as exc:
         raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK environment variables are not integers ({exc})") from None
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA when available; each process of a multi-GPU run takes GPU ``local_rank``."""
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda; got {name!r}")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' requested but no CUDA device is available (use --device cpu)")
-        if name == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device(name)
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:
