@@ -293,7 +293,7 @@ def test_bf16_precision_finds_the_same_top_detections(weights, image_dir, first_
 
 @pytest.mark.parametrize("direct", [False, True], ids=["winograd", "direct"])
 def test_direct_conv_keeps_the_direct_convolutions(image_dir, direct):
-    from fpn.detect import detect_files
+    from fpn.engine.inference import detect_files
     from fpn.layers.winograd import WinogradConv2d
 
     torch.manual_seed(0)

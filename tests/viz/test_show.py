@@ -13,7 +13,7 @@ from fpn.data import load_dataset, make_synthetic
 from fpn.detection import FasterRCNN
 from fpn.detection.checkpoint import save_detector
 from fpn.presets import preset
-from fpn.viz.anchors import fit
+from fpn.viz.anchor_fit import fit
 from fpn.viz.show import inspect_image
 
 

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from fpn.detection import FasterRCNN
     from fpn.detection.checkpoint import load_detector
     from fpn.presets import preset
-    from fpn.viz.anchors import fit, fit_figure
+    from fpn.viz.anchor_fit import fit, fit_figure
     from fpn.viz.save import save_picture
 
     picture, summary_path = check_writable(args.out), check_writable(Path(args.out).with_suffix(".json"))

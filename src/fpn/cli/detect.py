@@ -1,9 +1,9 @@
 """``fpn detect SOURCE... --weights W``: detections for images, folders or globs, as JSON and pictures.
 
 The JSON (--output) lists every image processed, the detections (COCO results format, plus file_name,
-category and pyramid level) and the inputs skipped; its format is described in ``fpn.detect``. Inputs that
-cannot be processed (unreadable, too thin for the model) are skipped with a line naming each; when none
-can be, that is an error (exit status 2) and nothing is written.
+category and pyramid level) and the inputs skipped; its format is described in ``fpn.engine.inference``.
+Inputs that cannot be processed (unreadable, too thin for the model) are skipped with a line naming each;
+when none can be, that is an error (exit status 2) and nothing is written.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from fpn.cli.options import add_score_thresh
 from fpn.data.images import list_images
-from fpn.detect import detect_files, results_json
 from fpn.detection.checkpoint import load_detector
 from fpn.device import resolve_device
+from fpn.engine.inference import detect_files, results_json
 from fpn.errors import DataError
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.draw import draw_detections

@@ -7,8 +7,8 @@ import json
 
 from fpn.cli.options import add_score_thresh
 from fpn.data.images import pil_to_tensor
-from fpn.detect import open_named_image
 from fpn.detection.checkpoint import load_detector
+from fpn.engine.inference import open_named_image
 from fpn.errors import ImageError
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.features import pyramid_figure

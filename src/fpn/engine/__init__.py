@@ -1,8 +1,10 @@
-"""Training and evaluation: run configs, the training loop, COCO evaluation, multi-process helpers.
+"""Training, evaluation and inference: run configs, the training loop, COCO evaluation, running a detector over
+image files, multi-process helpers.
 
 * :class:`RunConfig` / :class:`TrainConfig`: what a run trains, how, on which data (``RUN/config.yaml``);
 * :func:`train`: SGD with warm-up and a step or cosine schedule, exact resume, logs, curves, DDP;
-* :func:`evaluate`: pycocotools' AP/AR numbers and a per-pyramid-level table of the detections.
+* :func:`evaluate`: pycocotools' AP/AR numbers and a per-pyramid-level table of the detections;
+* :mod:`fpn.engine.inference`: a detector run over image files (``fpn detect``'s JSON).
 """
 
 from __future__ import annotations
