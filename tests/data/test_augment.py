@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fpn.data import CocoDataset, Compose, RandomHorizontalFlip, hflip, write_coco
+from fpn.data import CocoDataset, RandomHorizontalFlip, hflip, write_coco
 from fpn.errors import ConfigError
 
 
@@ -50,22 +50,6 @@ def test_random_flip_probability_and_determinism() -> None:
     assert 70 < sum(draws(1)) < 130
     with pytest.raises(ConfigError):
         RandomHorizontalFlip(1.5)
-
-
-def test_compose_applies_in_order() -> None:
-    image, target = _sample()
-    calls: list[str] = []
-
-    def mark(name: str):
-        def transform(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-            calls.append(name)
-            return image, target
-
-        return transform
-
-    twice = Compose([mark("a"), RandomHorizontalFlip(1.0), RandomHorizontalFlip(1.0), mark("b")])
-    _, out = twice(image, target)
-    assert calls == ["a", "b"] and torch.equal(out["boxes"], target["boxes"])
 
 
 def test_dataset_applies_its_transform(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ ground truth in COCO format for evaluation. Use :func:`load_dataset` with a data
 
 from __future__ import annotations
 
-from fpn.data.augment import Compose, RandomHorizontalFlip, hflip, training_transform
+from fpn.data.augment import RandomHorizontalFlip, hflip
 from fpn.data.coco import CocoDataset, read_json, write_coco, write_json
 from fpn.data.dataset import DetectionDataset, ImageRecord, Target, Transform, collate
 from fpn.data.images import (
@@ -48,7 +48,6 @@ __all__ = [
     "VOC_CLASSES",
     "BoxReport",
     "CocoDataset",
-    "Compose",
     "DatasetSpec",
     "DetectionDataset",
     "ImageRecord",
@@ -81,7 +80,6 @@ __all__ = [
     "strict_loading",
     "synthetic_stats",
     "tensor_to_pil",
-    "training_transform",
     "write_coco",
     "write_json",
     "write_voc",

@@ -1,7 +1,7 @@
 """Training augmentation on ``(image, target)`` pairs.
 
-A transform is any callable ``(image, target) -> (image, target)``; :class:`Compose` chains them. Transforms
-never modify their inputs in place (the dataset's target tensors may be shared with its records).
+A transform is any callable ``(image, target) -> (image, target)``. Transforms never modify their inputs in
+place (the dataset's target tensors may be shared with its records).
 
 Randomness comes from a ``torch.Generator`` when one is given, so a run can be repeated exactly; without one
 the global torch RNG is used, which DataLoader seeds differently in every worker. (A Generator passed here is
@@ -11,27 +11,10 @@ loading in the main process, or use the global RNG with ``torch.manual_seed``.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from fpn.data.dataset import Target, Transform
+from fpn.data.dataset import Target
 from fpn.errors import ConfigError
-
-
-class Compose:
-    """Apply transforms in order."""
-
-    def __init__(self, transforms: Sequence[Transform]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        for transform in self.transforms:
-            image, target = transform(image, target)
-        return image, target
-
-    def __repr__(self) -> str:
-        return f"Compose({self.transforms!r})"
 
 
 def hflip(image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
@@ -66,8 +49,3 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
-
-
-def training_transform(flip: bool = True, generator: torch.Generator | None = None) -> Transform | None:
-    """The standard training augmentation of the FPN paper's detectors: a horizontal flip, nothing else."""
-    return RandomHorizontalFlip(0.5, generator) if flip else None
