@@ -86,8 +86,9 @@ class AnchorGenerator(nn.Module):
     ) -> tuple[torch.Tensor, list[int]]:
         """All anchors for a padded image of ``image_size`` (h, w), and the count per level."""
         sizes = tuple(tuple(int(v) for v in feature_sizes[lv.name]) for lv in self.levels)
-        # Anchors depend only on these sizes, and training sees a few (one per min_size): building them
-        # took ~1 ms of a tiny-fpn step. Inference tensors are kept apart (they cannot enter autograd).
+        # Anchors depend only on these sizes, and training sees a few (one per min_size): building them at
+        # every step cost a measurable share of a tiny-fpn step. Inference tensors are kept apart (they
+        # cannot enter autograd).
         key = (tuple(int(v) for v in image_size), sizes, str(device), torch.is_inference_mode_enabled())
         cached = self._cache.get(key)
         if cached is None:

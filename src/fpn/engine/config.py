@@ -60,10 +60,10 @@ class TrainConfig:
     workers: int = 2  # data-loading processes per training process
     flip: bool = True  # random horizontal flips
     # Mixed precision: fp16 with loss scaling on CUDA, bf16 on a CPU with bf16 instructions (fp32 where neither):
-    # r50-fpn's step on 2 CPU cores ~2x faster; accuracy: benchmarks/amp_training.py and its committed result.
+    # faster steps; speed and accuracy: benchmarks/amp_training.py and its committed result.
     amp: bool = False
     channels_last: bool = True  # NHWC weights and maps: faster convolutions; the same results to rounding
-    # Winograd F(4x4, 3x3) for the 3x3 convolutions of 128+ channels (fp32 on the CPU): ~2x faster each, ~1e-5 off
+    # Winograd F(4x4, 3x3) for the 3x3 convolutions of 128+ channels (fp32 on the CPU): faster, ~1e-5 off
     winograd: bool = True
     device: str = "auto"  # auto, cpu or cuda
     # An unreadable image stops the run with an error naming it, instead of being left out (up front) or

@@ -2,11 +2,10 @@
 
 A ReLU or a residual add after a convolution is a separate pass over the whole feature map: read, write,
 and in the bottom-up pathway there are 49 ReLUs and 16 adds per image in a ResNet-50. oneDNN can apply
-both while the convolution's output is still in cache (``post-ops``). Measured on the 2-core Xeon of
-benchmarks/ (AMX): a bfloat16 bottleneck block at 200x304 30 -> 25 ms; whole r50-fpn inference 1.02-1.04x in
-bfloat16 (alternating fused and separate in one process), ~1 % in float32 where the convolutions dominate.
-Writing the result into the shortcut's memory (``overwrite_residual``) adds 1.07x in float32 and 1.03x in
-bfloat16.
+both while the convolution's output is still in cache (``post-ops``). A bottleneck block gains most in
+bfloat16; whole-model inference gains a few percent in bfloat16 and less in float32, where the convolutions
+dominate. Writing the result into the shortcut's memory (``overwrite_residual``) gains a little more in both
+(measured on the 2-core machine of benchmarks/, fused and separate alternating in one process).
 
 The results are those of the separate operations to rounding: in float32 the same sums (oneDNN may order
 them differently in the fused kernel: equal bits on most maps, ~1e-7 relative on some small ones); in
@@ -62,9 +61,9 @@ def conv_relu(
 
     ``residual`` must have the output's shape. It is left unchanged and the result is a fresh tensor, unless
     ``overwrite_residual``: then a fused kernel writes the result into ``residual`` and returns it. That saves
-    allocating the output (and, for maps over glibc's 32 MB mmap threshold, faulting in every page of it:
-    a float32 1x1 64->256 convolution at 200x304 takes 36 ms out of place, 12 ms in place) and oneDNN's
-    copy of ``residual`` into it. Only for a residual nothing else reads afterwards.
+    allocating the output (and, for maps over glibc's 32 MB mmap threshold, faulting in every page of it,
+    which can cost more than the convolution itself) and oneDNN's copy of ``residual`` into it. Only for a
+    residual nothing else reads afterwards.
     """
     if not fusable(conv, x) or not (residual is None or _same_layout(residual, x)):
         return add_relu_(conv(x), residual)

@@ -1,10 +1,10 @@
 """GroupNorm whose backward pass is fast on channels-last (NHWC) CPU maps.
 
 The CPU presets (``small-fpn``, ``tiny-fpn``) train from scratch with GroupNorm, channels-last. PyTorch's
-GroupNorm *backward* kernel for channels-last maps barely uses a second thread and, on the 2-core machine of
-benchmarks/, takes 3-17x as long as the NCHW kernel on the same data (2.1 ms against 0.1-0.3 for a
-[2, 16, 88, 118] map); reordering the maps to NCHW and back costs more than it saves. In a tiny-fpn
-training step (batch 2, 352x469) the kernel's calls add up to ~27 ms of ~180 (timed one by one).
+GroupNorm *backward* kernel for channels-last maps barely uses a second thread and takes several times as
+long as the NCHW kernel on the same data; reordering the maps to NCHW and back costs more than it saves,
+and in a tiny-fpn training step that kernel is a noticeable share of the time (measured on the 2-core
+machine of benchmarks/).
 
 :class:`GroupNorm` (same parameters, state dict and forward as ``nn.GroupNorm``) computes the backward of
 large channels-last maps from the closed form instead. With ``x`` viewed as ``[N, S, C]`` (``S = H * W``),
@@ -16,12 +16,11 @@ the saved ``mean``/``rstd`` per ``(n, g)`` and ``M = S * C / G`` elements per gr
   ``k3 = -k2 * mean - rstd * sB / M``, where ``sA``, ``sB`` sum ``gamma * A`` and ``gamma * B`` over the
   group's channels: two fused multiply-adds over the map.
 
-That is 2-3.3x faster than the native kernel on maps of 2^16 values per image and more, and slower on
-small ones (fixed costs), which keep the native backward. bfloat16 maps with float32 parameters (what bf16
-autocast feeds a GroupNorm on the CPU) are widened to float32 for the backward: 2.4 ms against 10.3 for the
-native forward + backward of a [2, 16, 88, 118] map, 8.6 against 20 at 64-128 channels. A whole training
-step, alternating the two backwards 8-14 times in one process: tiny-fpn 1.08x faster (median of the paired
-ratios), small-fpn 1.02x.
+That beats the native kernel on large maps (:data:`CLOSED_FORM_MIN_VALUES` values per image and more) and
+loses on small ones (fixed costs), which keep the native backward. bfloat16 maps with float32 parameters
+(what bf16 autocast feeds a GroupNorm on the CPU) are widened to float32 for the backward, which still beats
+the native bfloat16 forward + backward. A whole training step gains a little, tiny-fpn more than small-fpn
+(measured on the same machine, the two backwards alternating in one process).
 Results equal the native ones to float32 rounding (~1e-6 relative; tested against it, and with gradcheck
 in float64).
 """
@@ -31,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# Values per image (C * H * W) from which the closed form beats the native channels-last backward
-# (measured: [2, 64, 22, 30], 42k values, is 0.20 ms native against 0.26; [2, 32, 44, 59], 83k, 1.08 vs 0.38).
+# Values per image (C * H * W) from which the closed form beats the native channels-last backward (measured:
+# a 42k-value map is still faster native, an 83k-value one much faster in closed form).
 CLOSED_FORM_MIN_VALUES = 1 << 16
 
 

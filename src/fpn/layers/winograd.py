@@ -153,9 +153,8 @@ class WinogradConv2d(nn.Conv2d):
 
     # Below these many 4x4 tiles (over the batch), the transformed weights (4x the weights, recomputed at every
     # training step and in backward) and the Python around the GEMMs cost more than the 4x fewer multiplications
-    # save. Measured (2 threads; 128-512 channels; batch 2): inference loses at 24 tiles for 128 channels and
-    # breaks even or wins above ~96; a training step (forward + backward) loses up to 2x at 24 and 96 tiles and
-    # wins 1.4-2.5x from ~330.
+    # save. A training step pays them forward and backward, so it needs far more tiles than inference to win
+    # (measured on the 2-core machine of benchmarks/).
     min_tiles_inference = 32
     min_tiles_training = 256
 
@@ -227,8 +226,8 @@ def is_winograd_eligible(conv: nn.Module) -> bool:
 def use_winograd(module: nn.Module, min_channels: int = 128) -> int:
     """Swap every eligible 3x3 convolution with at least ``min_channels`` in and out; returns how many.
 
-    Narrower convolutions stay direct: at 64 channels the GEMMs are too thin to make up for the transforms
-    (measured on two CPUs: 0.8-0.96x on a 200x304 map), at 128 channels they win ~1.4x, at 256 and 512 ~2x.
+    Narrower convolutions stay direct: at 64 channels the GEMMs are too thin to pay for the transforms; from
+    128 channels on Winograd wins, more the wider the convolution (measured on two CPUs).
     The swapped modules share the parameters of the originals and one workspace (they run one after another).
     """
     workspace = Workspace()

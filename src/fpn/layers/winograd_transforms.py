@@ -9,8 +9,8 @@ product over every tile and channel at once:
 
 Why Kronecker products rather than the separable row-then-column form (~12 additions a value instead of
 72 multiply-adds): the separable form is a dozen elementwise passes over strided views, and on the CPU it
-is memory traffic, not arithmetic, that costs. Measured on a 256-channel 200x304 map (2 threads): the
-elementwise transforms took ~130 ms around a 60 ms GEMM; as matrix products, ~30 ms.
+is memory traffic, not arithmetic, that costs: the elementwise transforms took longer than the GEMMs they
+surround, the matrix products a fraction of that (measured on the 2-core machine of benchmarks/).
 
 The work goes by chunks of tile rows (:meth:`Tiling.chunks`), each padding and transforming only its band
 of rows: a chunk's buffers (~36 x its share of the input) are reused from one chunk to the next, where
