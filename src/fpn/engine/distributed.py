@@ -1,5 +1,5 @@
 """Several processes, one run: ``torchrun`` environment, collective helpers, data order
-(the device choice, :func:`fpn.device.resolve_device`, serves every command).
+(the device a process takes: :func:`fpn.device.resolve_device`).
 
 A run launched by ``torchrun --nproc_per_node N -m fpn train ...`` reads ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` from the environment and joins a process group (gloo on the CPU, NCCL on CUDA). Without them
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fpn.device import resolve_device  # noqa: F401  (callers may still reach it here: ddp.resolve_device)
 from fpn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
