@@ -6,7 +6,7 @@
 * ``last.pt``: everything needed to continue (weights, optimiser, schedule position, RNG states, the run
   config), written atomically every ``train.checkpoint_every`` iterations, at the end, and when a signal
   stops the run;
-* ``model.pt``: the final weights, a checkpoint :func:`~fpn.checkpoints.load_detector` reads;
+* ``model.pt``: the final weights, a checkpoint :func:`~fpn.detection.checkpoint.load_detector` reads;
 * ``log.jsonl`` (one JSON object per logged step and per evaluation), TensorBoard event files and
   ``curves.png`` (losses, learning rate, AP), and ``metrics.json`` (the final evaluation).
 
@@ -31,7 +31,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -46,18 +45,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from fpn.checkpoints import atomic_write_text, load_matching, read_state_dict, save_detector
 from fpn.data import RandomHorizontalFlip, load_dataset, load_spec, resolve_data
 from fpn.data.dataset import DetectionDataset
-from fpn.detection import FasterRCNN
+from fpn.detection import FasterRCNN, save_detector
+from fpn.device import resolve_device
 from fpn.engine import distributed as ddp
 from fpn.engine.config import RUNTIME_KEYS, RunConfig
 from fpn.engine.evaluate import evaluate
 from fpn.engine.run_folder import RunLock, init_worker, writing
 from fpn.engine.run_log import RunLog, progress_line
 from fpn.engine.schedule import Plan, Schedule, continuation, describe_budget, run_budget
+from fpn.engine.step import NonFiniteStep, train_step
 from fpn.engine.stop import StopRequest, TrainingInterrupted
 from fpn.errors import CheckpointError, ConfigError, DataError, FpnError
+from fpn.io import atomic_write_text, load_matching, read_state_dict
 
 __all__ = ["RunLog", "Schedule", "TrainingDiverged", "TrainingInterrupted", "train"]
 
@@ -191,7 +192,7 @@ def train(
         checkpoint, run_config = _resume_point(run_dir, run_config, resume=resume, main=info.is_main)
         config = _resolved_config(run_config, checkpoint, run_dir / "last.pt")
         config.validate()
-        device = ddp.resolve_device(config.train.device, info.local_rank)
+        device = resolve_device(config.train.device, info.local_rank)
         owns_group = info.distributed and not torch.distributed.is_initialized()  # else the caller's to close
         ddp.init_distributed(info, device)
         try:
@@ -461,7 +462,6 @@ class _Loop:
     def __post_init__(self) -> None:
         self.cfg = self.config.train
         self.schedule = Schedule.from_config(self.cfg)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
 
     def run(
         self,
@@ -556,43 +556,35 @@ class _Loop:
         Returns the losses (means over processes), the gradient norm, whether the time budget is spent, and
         whether any process was asked to stop (a signal).
         """
-        device, micro = self.device, self.cfg.micro_batch or len(images)
+        device = self.device
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [_to_device(target, device) for target in targets]
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, torch.Tensor | float] = {}
-        chunks = [range(i, min(i + micro, len(images))) for i in range(0, len(images), micro)]
-        for n, chunk in enumerate(chunks):
+        flags: list[float] = []
+
+        def seed(chunk: range) -> None:
             # Seed this forward pass's draws (multi-scale size, anchor and RoI sampling) from its first image's
             # key: independent of how the global batch is split across processes, and of resumption.
             torch.manual_seed(ddp.derive_seed(keys[chunk.start], 1))
             self.model.transform.generator.manual_seed(ddp.derive_seed(keys[chunk.start], 2))
-            weight = len(chunk) / len(images)
-            sync = n == len(chunks) - 1 or not isinstance(self.train_model, nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                with torch.autocast(device.type, dtype=self.amp) if self.amp else contextlib.nullcontext():
-                    losses = self.train_model([images[i] for i in chunk], [targets[i] for i in chunk])
-                self.scaler.scale(sum(losses.values()) * weight).backward()
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float() * weight
-        # One collective per step: the mean losses over processes (a NaN anywhere is a NaN everywhere) and
-        # whether any process ran out of time or was signalled, so that all processes stop together.
-        names = list(sums)
-        over = self.budget_spent(started)
-        flags = torch.tensor([float(over), float(bool(self.stop))], device=device)
-        packed = ddp.all_reduce_sum(torch.cat([torch.stack(list(sums.values())), flags])).cpu().tolist()
-        losses_mean = {k: v / self.info.world_size for k, v in zip(names, packed)}
-        for key, value in losses_mean.items():
-            if not math.isfinite(value):
-                self.diverged(iteration + 1, f"{key} is {value}")
-        self.scaler.unscale_(self.optimizer)
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():  # the scaler skips such steps, backs off
-            self.diverged(iteration + 1, f"the gradient norm is {grad_norm}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return losses_mean, grad_norm, packed[-2] > 0, packed[-1] > 0
+
+        def reduce(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+            # One collective per step: the mean losses over processes (a NaN anywhere is a NaN everywhere) and
+            # whether any process ran out of time or was signalled, so that all processes stop together.
+            over = self.budget_spent(started)
+            local = torch.tensor([float(over), float(bool(self.stop))], device=device)
+            packed = ddp.all_reduce_sum(torch.cat([torch.stack(list(sums.values())), local])).cpu().tolist()
+            flags[:] = packed[-2:]
+            return {k: v / self.info.world_size for k, v in zip(sums, packed)}
+
+        try:
+            result = train_step(
+                self.train_model, self.optimizer, images, targets,
+                micro_batch=self.cfg.micro_batch, amp_dtype=self.amp, scaler=self.scaler,
+                grad_clip=self.cfg.grad_clip, seed=seed, reduce=reduce,
+            )  # fmt: skip
+        except NonFiniteStep as error:
+            self.diverged(iteration + 1, str(error))  # raises TrainingDiverged
+        return result.losses, result.grad_norm, flags[0] > 0, flags[1] > 0
 
     def budget_spent(self, started: float) -> bool:
         return self.plan.budget is not None and time.perf_counter() - started >= self.plan.budget
