@@ -46,6 +46,9 @@ class FrozenBatchNorm2d(nn.Module):
         scale, shift = self.scale_shift()
         return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``norm(conv(x))``; in training, a frozen BatchNorm is folded into the convolution on the fly.
@@ -87,9 +90,6 @@ def folded_weight_bias(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[torch.
     scale, shift = norm.scale_shift()
     weight = conv.weight * scale.reshape(-1, 1, 1, 1)
     return weight, shift if conv.bias is None else conv.bias * scale + shift
-
-    def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 def group_count(channels: int, preferred: int = 32) -> int:
