@@ -38,7 +38,7 @@ class BackboneConfig:
 
 @dataclass
 class PyramidConfig:
-    """Which of the seed's designs turns C2..C5 into prediction maps, and its width."""
+    """Which of the paper's designs (Figure 1) turns C2..C5 into prediction maps, and its width."""
 
     design: str = "fpn"  # one of DESIGNS
     channels: int = 256  # d in the paper

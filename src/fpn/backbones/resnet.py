@@ -4,7 +4,7 @@ Module names and parameter shapes equal torchvision's ``resnet*`` exactly (``con
 ``layer1.0.conv1`` ... and, with a classifier, ``fc``), so ImageNet checkpoint files and the backbone part
 of torchvision's detection checkpoints load with strict key matching.
 
-Stage outputs and their strides (the seed's "bottom-up pyramid"):
+Stage outputs and their strides (the paper's "bottom-up pyramid"):
 
 ====== =========== ======== ============================ =====================
 level  module      stride   channels (ResNet-18/34)      channels (ResNet-50/101)

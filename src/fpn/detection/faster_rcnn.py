@@ -31,7 +31,7 @@ from fpn.pyramids import build_pyramid
 
 
 class FasterRCNN(nn.Module):
-    """Faster R-CNN with any of the seed's pyramid designs (``config.pyramid.design``)."""
+    """Faster R-CNN with any of the paper's pyramid designs (``config.pyramid.design``)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 The ``single-map`` model is run on the image at several scales (shorter side ``test_scales``); each
 scale's detections are mapped to the original pixels and merged by per-class NMS. Every scale pays for a
-full backbone pass, which is the seed's point: accurate, but compute and memory grow with each scale.
+full backbone pass, which is the paper's point: accurate, but compute and memory grow with each scale.
 Training uses one scale at a time (multi-scale training), as the paper notes image pyramids are used at
 test time only.
 """

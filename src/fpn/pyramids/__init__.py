@@ -1,7 +1,7 @@
-"""The seed's pyramid designs, selectable by name, all of the form ``features -> features``.
+"""The pyramid designs of the paper's Figure 1, selectable by name, all of the form ``features -> features``.
 
 ==================  =====================================================  ==============================
-name                the seed's figure / the paper                          module
+name                Figure 1 / Table 1                                     module
 ==================  =====================================================  ==============================
 ``image-pyramid``   (a) featurized image pyramid (test-time, several        :mod:`fpn.detection.image_pyramid`
                     scales of the ``single-map`` model)

@@ -7,7 +7,7 @@ Every bottom-up map is used for prediction on its own, with no top-down pathway:
 
 It has the same heads, levels and parameters per level as FPN; what it lacks is the semantics that the
 top-down pathway carries from C5 down to the fine maps. The paper (Table 1 (d)) finds it much weaker
-than FPN, which is the seed's point: shallow maps alone are semantically weak.
+than FPN, which is the paper's point: shallow maps alone are semantically weak.
 """
 
 from __future__ import annotations

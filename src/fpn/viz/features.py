@@ -1,6 +1,6 @@
 """Pictures of the pyramid: channel-energy heatmaps of bottom-up (C) and pyramid (P) maps over the image.
 
-The seed's claim, made visible: shallow bottom-up maps (C2) respond to edges and texture everywhere,
+The paper's claim, made visible: shallow bottom-up maps (C2) respond to edges and texture everywhere,
 deep ones (C5) to a few coarse blobs; the FPN maps P2..P5 keep P2's resolution while carrying C5's
 semantics down the top-down pathway.
 """
