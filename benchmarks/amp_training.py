@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from records import METRIC_KEYS, write_record  # benchmarks/records.py (this script's folder)
 
+from fpn.bench import machine_info
 from fpn.engine import train
 from fpn.engine.config import demo_config
-from fpn.measure import machine_info
 
 KEYS = METRIC_KEYS
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from records import METRIC_KEYS, write_record  # benchmarks/records.py (this script's folder)
 
-from fpn.checkpoints import load_detector
+from fpn.bench import machine_info
 from fpn.data import load_dataset
+from fpn.detection import load_detector
 from fpn.engine.evaluate import evaluate
-from fpn.measure import machine_info
 
 KEYS = METRIC_KEYS
 

@@ -12,7 +12,7 @@ Pairs (``--presets``, default all four):
   ``FasterRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)``, with the
   deterministic weights of the parity goldens (``tools/reference/deterministic_weights.py``: random initialisation
   gives a detector with no confident detections, which would time an untypical post-processing). Its state dict is
-  saved to a temporary ``.pth`` and loaded by ``fpn.checkpoints.load_detector`` (layout detection and key
+  saved to a temporary ``.pth`` and loaded by ``fpn.detection.load_detector`` (layout detection and key
   conversion, FrozenBatchNorm eps 1e-5 as torchvision's default), so both run the same weights.
 * ``r18-fpn``, ``small-fpn``, ``tiny-fpn``: torchvision equivalents built from torchvision's own modules and ops
   at the preset's shapes and settings (``torchvision_equivalents.py`` says how, and what cannot be expressed);
@@ -20,7 +20,7 @@ Pairs (``--presets``, default all four):
   for detections to compare) is loaded into them with strict key matching.
 
 ``r50-fpn`` and ``r18-fpn`` see ``--size`` pixels; ``small-fpn`` and ``tiny-fpn`` see ``--small-size``, by
-default each preset's test size (``fpn.measure.eval_size``: 352x469, what ``fpn bench`` uses). Every model's
+default each preset's test size (``fpn.bench.eval_size``: 352x469, what ``fpn bench`` uses). Every model's
 ``min_size``/``max_size`` are set so that the network sees exactly that size (no resize), in training too.
 
 1. Agreement, per pair: each image through torchvision's model and fpn's (plain, and optimized as ``fpn detect``
@@ -34,14 +34,14 @@ default each preset's test size (``fpn.measure.eval_size``: 352x469, what ``fpn 
    size (batch 1), the models' order rotating from round to round so that a drift of the machine's speed hits all
    alike. Medians and spread of the per-image times; "vs torchvision" is the pair's torchvision fp32 median over
    the row's (bf16 rows included).
-3. Training step (forward + backward + SGD step, lr 0 so that every step does the same work, synthetic targets
+3. Training step (fpn's: forward + backward + SGD step, lr 0 so that every step does the same work, synthetic targets
    from ``fpn.bench.synthetic_targets``, the same for both models of a pair) at ``--batch`` images, both models of
    every pair interleaved the same way; fpn channels-last, as ``fpn train`` runs by default. Unless ``--no-bf16``,
    both also under bf16 autocast (``fpn train``'s ``train.amp=true`` on the CPU; torchvision's model under the same
    autocast, so that the precision's own gain is visible).
 4. Peak memory of one training step, per model, each in a fresh process that builds the pair as above (both
    models, so that both probes start from the same state) and runs one fp32 step of one model: the rise of the
-   resident-set high-water mark over the step, as ``fpn bench`` measures it (``fpn.measure.rss_peak_delta_mb``: the
+   resident-set high-water mark over the step, as ``fpn bench`` measures it (``fpn.bench.rss_peak_delta_mb``: the
    first step, so gradients and momentum buffers count). That reading varies by tens of MB from process to
    process, so ``--memory-runs`` processes per model (in rounds over all models) give a median and a range.
 
@@ -90,11 +90,20 @@ from torchvision_equivalents import (  # noqa: E402
     trainable_names,
 )
 
-from fpn.bench import fit_input, format_size, parse_size, spread, synthetic_targets  # noqa: E402
-from fpn.checkpoints import load_detector  # noqa: E402
+from fpn.bench import (  # noqa: E402
+    eval_size,
+    fit_input,
+    format_size,
+    machine_info,
+    parse_size,
+    rss_peak_delta_mb,
+    spread,
+    synthetic_targets,
+)
 from fpn.data.images import pil_to_tensor  # noqa: E402
 from fpn.detection import FasterRCNN as OurFasterRCNN  # noqa: E402
-from fpn.measure import eval_size, machine_info, rss_peak_delta_mb  # noqa: E402
+from fpn.detection import load_detector  # noqa: E402
+from fpn.engine.step import train_step  # noqa: E402
 from fpn.presets import preset  # noqa: E402
 
 BOX_TOLERANCE_PX = 0.01
@@ -262,20 +271,18 @@ def train_call(
     targets: list[dict[str, torch.Tensor]],
     amp: bool = False,
 ) -> Callable[[], None]:
-    """One training step, the same code for every model (fpn.bench's step: SGD with lr 0).
+    """One training step, the same code for every model: fpn's own (``fpn.engine.step.train_step``, what ``fpn
+    train`` and ``fpn bench`` run), with SGD at lr 0 and no clipping (the gradient norm is still computed).
 
     ``amp``: the forward pass under bf16 autocast (what ``fpn train`` runs on the CPU with ``train.amp=true``).
     """
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
+    amp_dtype = torch.bfloat16 if amp else None
 
     def call() -> None:
-        torch.manual_seed(SEED)  # the same sampled anchors and RoIs at every step
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            losses = model(images, targets)
-        sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # The same sampled anchors and RoIs at every step.
+        train_step(model, optimizer, images, targets, amp_dtype=amp_dtype, seed=lambda chunk: torch.manual_seed(SEED))
 
     return call
 

@@ -14,10 +14,11 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 import fpn.compare as compare_module
-from fpn.checkpoints import load_detector
-from fpn.compare import COLUMNS, COSTS, METRICS, check_designs, compare, compare_config, format_cell
+from fpn.compare import COSTS, METRICS, check_designs, compare, compare_config
 from fpn.data import load_dataset, make_synthetic
+from fpn.detection import load_detector
 from fpn.errors import ConfigError
+from fpn.viz.compare_plots import COLUMNS, format_cell
 
 # The micro-fpn preset (96 px images) with three small test scales: a design trains and measures in seconds.
 MODEL = "micro-fpn"

@@ -24,59 +24,52 @@ What is measured, for every design alike (``torch.set_num_threads(threads)`` thr
 * ``latency_s``: on the CPU, the median wall time of ``latency_runs`` forward passes on the probe image,
   after ``LATENCY_WARMUP`` untimed ones;
 * ``train_peak_mb`` / ``infer_peak_mb``: the extra resident memory (MiB, 2^20 bytes) that one training step
-  (forward, backward and SGD update of the first ``train.batch_size`` training images at the largest
-  training scale) and one inference pass (the probe image) need, measured in a fresh subprocess that does
-  nothing else: after it has imported torch, loaded the model and data and run one untimed warm-up of that
-  step, the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``), the step runs, and the value is
-  the new peak (``VmHWM``) minus the RSS just before the step. The weights, the optimiser's momentum and
-  the interpreter are in the baseline, not in the value. glibc's mmap threshold is fixed at 64 KiB in that
-  process so that freed tensors go back to the system rather than into a heap the step would reuse
-  unseen (without it, tiny-fpn's training step reads 74 MiB instead of 115: the warm-up's freed memory).
-  Linux only: elsewhere both are ``None``.
+  (the training loop's own step over the first ``train.batch_size`` training images at the largest training
+  scale) and one inference pass (the probe image) need, read in a fresh subprocess that does nothing else
+  (:mod:`fpn.bench.memory`: the rise of the peak-RSS mark over the step). The step runs once untimed
+  first, so the weights, the optimiser's momentum and the interpreter are in the baseline, not in the
+  value. Linux only: elsewhere both are ``None``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from fpn.checkpoints import atomic_write_text, load_detector, read_state_dict, save_detector
+from fpn.bench import ProbeFailed, forward_gflops, machine_info, rss_peak_delta_mb, run_probe
+from fpn.bench.timing import forward_latency
 from fpn.config import DESIGNS, to_dict
 from fpn.data import load_dataset
+from fpn.detection import load_detector, save_detector
+from fpn.device import resolve_device
 from fpn.engine.config import DEMO_TRAIN, RunConfig, build_run_config
-from fpn.engine.distributed import resolve_device
 from fpn.engine.evaluate import evaluate
-from fpn.engine.train import has_split, train
+from fpn.engine.step import train_step
+from fpn.engine.train import amp_dtype, has_split, train
 from fpn.errors import ConfigError
-from fpn.measure import forward_gflops, machine_info, rss_peak_delta_mb
+from fpn.io import atomic_write_text, read_state_dict
 from fpn.presets import preset
+from fpn.viz.compare_plots import COLUMNS, summary_line, write_report
 
 logger = logging.getLogger(__name__)
 
 #: Every design of the seed, in the order of its figure, then the paper's two ablations.
 DEFAULT_DESIGNS = ("image-pyramid", "single-map", "hierarchy", "fpn", "top-down-only", "finest-only")
 #: Iterations per design by default (batch 2, the demo's cosine schedule, compressed): the whole comparison of
-#: tiny-fpn on the synthetic set must take at most 20 minutes on a 2-core CPU. Measured with one thread on such a
-#: machine under load: a training step costs 0.23 s (single-map) to 0.37 s (fpn), 1.6 s for the five trained
-#: designs together, so 400 iterations train in about 11 minutes; the six evaluations on the 200 val images take
-#: about 2.5 (image-pyramid runs three scales), the measurements about 1.5.
+#: tiny-fpn on the synthetic set must take at most 20 minutes on a 2-core CPU, training being most of it.
 DEFAULT_ITERS = 600
 REFERENCE = "fpn"  # results.md gives every number also as a ratio to this design's
-METRICS = ("AP", "AP50", "APs", "APm", "APl", "AR100")
-COSTS = ("GFLOPs", "params", "latency_s", "train_peak_mb", "infer_peak_mb")
+#: What every design's row holds: the val metrics of its run, then its costs (results.md's columns, in order).
+METRICS = tuple(key for _, key, _, ap_like in COLUMNS if ap_like)
+COSTS = tuple(key for _, key, _, ap_like in COLUMNS if not ap_like)
 LATENCY_RUNS = 10
 LATENCY_WARMUP = 2
 # Train settings that do not change what a run computes: a finished run may differ in these and still count.
@@ -229,62 +222,33 @@ def training_seconds(run_dir: Path) -> float | None:
 # ----------------------------------------------------------------------------------------------- costs
 
 
-@torch.no_grad()
-def measure_latency(
-    model: nn.Module, image: torch.Tensor, *, runs: int = LATENCY_RUNS, warmup: int = LATENCY_WARMUP
-) -> float:
-    """Median seconds of ``runs`` eval-mode forward passes on ``image`` (CPU), after ``warmup`` untimed ones."""
-    model.eval()
-    for _ in range(warmup):  # the first passes pay one-time costs (allocations, kernel selection)
-        model([image])
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model([image])
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_memory(model_path: Path, config: RunConfig, *, threads: int) -> dict[str, float | None]:
     """``train_peak_mb`` and ``infer_peak_mb`` of the checkpoint, from a fresh subprocess (module docstring)."""
     none = {"train_peak_mb": None, "infer_peak_mb": None}
     if not Path("/proc/self/clear_refs").exists():
         logger.warning("peak memory is measured on Linux only (/proc/self/clear_refs); left out")
         return none
-    spec = {"model": str(model_path), "run_config": config.to_dict(), "threads": threads}
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p),
-        "OMP_NUM_THREADS": str(threads),
-        "MALLOC_MMAP_THRESHOLD_": str(64 * 1024),  # freed tensors are unmapped, not kept for reuse
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path = Path(tmp) / "probe.json"
-        spec_path.write_text(json.dumps(spec))
-        code = "import sys; from fpn.compare import _probe_main; _probe_main(sys.argv[1])"
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(spec_path)], env=env, capture_output=True, text=True, check=False
-        )
-    if done.returncode != 0:
-        tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        logger.warning("%s: memory probe failed (%s); peak memory left out", model_path, tail[0])
+    try:
+        return run_probe(memory_probe, {"model": str(model_path), "run_config": config.to_dict()}, threads=threads)
+    except ProbeFailed as error:
+        logger.warning("%s: memory probe failed (%s); peak memory left out", model_path, error)
         return none
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _peak_mib(step: Callable[[], object]) -> float:
-    """Resident-memory rise of one call of ``step`` (MiB; see :mod:`fpn.measure`)."""
+    """Resident-memory rise of one call of ``step`` (MiB; see :mod:`fpn.bench.memory`)."""
     value, _ = rss_peak_delta_mb(step)
     if value is None:
         raise RuntimeError("no /proc/self/status to read the resident-memory peak from")
     return round(value, 2)
 
 
-def _probe_main(spec_path: str) -> None:
-    """The memory probe's subprocess: measure one inference pass, then one training step; print JSON."""
-    spec = json.loads(Path(spec_path).read_text())
-    torch.set_num_threads(int(spec["threads"]))
+def memory_probe(spec: dict[str, Any]) -> dict[str, float]:
+    """The memory subprocess (:func:`fpn.bench.memory.run_probe`): one inference pass, then one training step.
+
+    The step is the training loop's (:func:`fpn.engine.step.train_step`) on the model as ``fpn train`` sets
+    it up (channels-last, Winograd, autocast as the run config says), at the largest training scale.
+    """
     config = RunConfig.from_dict(spec["run_config"])
     cfg = config.train
     model, _ = load_detector(spec["model"])
@@ -303,25 +267,23 @@ def _probe_main(spec_path: str) -> None:
 
     model.train()
     model.transform.generator = torch.Generator().manual_seed(cfg.seed)
+    model.transform.min_size = [max(config.model.transform.min_size)]  # the worst case of multi-scale training
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    micro = cfg.micro_batch or len(images)
-    largest = max(config.model.transform.min_size)  # the worst case of multi-scale training
+    if cfg.channels_last:
+        model.use_channels_last()
+    if cfg.winograd:
+        model.use_winograd()
+    amp = amp_dtype(torch.device("cpu")) if cfg.amp else None
 
-    def train_step() -> None:
-        torch.manual_seed(cfg.seed)  # the same anchor and RoI samples for every design
-        for start in range(0, len(images), micro):
-            chunk = range(start, min(start + micro, len(images)))
-            losses = model([images[i] for i in chunk], [targets[i] for i in chunk], shorter=largest)
-            (sum(losses.values()) * len(chunk) / len(images)).backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)  # gradients belong to the step, not to the baseline
+    def step() -> None:
+        train_step(
+            model, optimizer, images, targets, micro_batch=cfg.micro_batch, amp_dtype=amp, grad_clip=cfg.grad_clip,
+            seed=lambda chunk: torch.manual_seed(cfg.seed),  # the same anchor and RoI samples for every design
+        )  # fmt: skip
 
-    train_step()  # also creates the momentum buffers, which then count as baseline
-    train_peak = _peak_mib(train_step)
-    print(json.dumps({"train_peak_mb": train_peak, "infer_peak_mb": infer_peak}))
+    step()  # also creates the momentum buffers, which then count as baseline; the gradients are the step's
+    return {"train_peak_mb": _peak_mib(step), "infer_peak_mb": infer_peak}
 
 
 # ---------------------------------------------------------------------------------------- the comparison
@@ -405,16 +367,14 @@ def _compare(
             results["designs"][design] = row
             results["elapsed_s"] = round(time.perf_counter() - started, 1)  # this call's wall time, so far
             atomic_write_text(json.dumps(results, indent=2) + "\n", out / "results.json")  # partial results survive
-            line = f"{design}: {summarize(row)}"
+            line = f"{design}: {summary_line(row)}"
             if progress:
                 tqdm.write(line, file=sys.stderr)
             else:
                 logger.info(line)
     finally:
         bar.close()
-    atomic_write_text(results_markdown(results), out / "results.md")
-    plot_ap_by_size(results, out / "ap_by_size.png")
-    plot_accuracy_vs_latency(results, out / "accuracy_vs_latency.png")
+    write_report(results, out)
     return results
 
 
@@ -455,140 +415,6 @@ def _measure(
     return {
         "GFLOPs": forward_gflops(model, image),
         "params": sum(p.numel() for p in model.parameters()),
-        "latency_s": round(measure_latency(model, image, runs=latency_runs), 5),
+        "latency_s": round(forward_latency(model, image, runs=latency_runs, warmup=LATENCY_WARMUP), 5),
         **measure_memory(model_path, config, threads=threads),
     }
-
-
-def summarize(row: dict[str, Any]) -> str:
-    """One line: AP, cost and latency of a design's results."""
-    ap = "n/a" if row.get("AP") is None else f"{row['AP']:.1f}"
-    return f"AP {ap}, {row['GFLOPs']:.3g} GFLOPs, {row['params'] / 1e6:.2f}M params, {1e3 * row['latency_s']:.0f} ms"
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-# results.md's columns: (header, results key, scale applied to the value for display, whether it is an AP).
-COLUMNS = (
-    *((name, name, 1.0, True) for name in METRICS),
-    ("GFLOPs", "GFLOPs", 1.0, False),
-    ("params (M)", "params", 1e-6, False),
-    ("latency (ms)", "latency_s", 1e3, False),
-    ("train peak (MiB)", "train_peak_mb", 1.0, False),
-    ("infer peak (MiB)", "infer_peak_mb", 1.0, False),
-)
-
-
-def format_number(value: float, *, fixed: bool = False) -> str:
-    """AP-like numbers with one decimal; others with about three significant digits, never in e-notation."""
-    if fixed:
-        return f"{value:.1f}"
-    size = abs(value)
-    if size >= 100 or value == 0:
-        return f"{value:.0f}"
-    if size >= 10:
-        return f"{value:.1f}"
-    if size >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3g}"
-
-
-def format_cell(value: float | None, reference: float | None, *, scale: float = 1.0, fixed: bool = False) -> str:
-    """``"12.3 (0.85x)"``: the value and its ratio to the reference's; ``-`` where there is no value."""
-    if value is None:
-        return "-"
-    text = format_number(value * scale, fixed=fixed)
-    if reference:  # no ratio to a missing or zero reference
-        text += f" ({value / reference:.2f}x)"
-    return text
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-    """``results.md``: what was run, on what, and the table."""
-    config, machine, rows = results["config"], results["machine"], results["designs"]
-    run = config["run"]
-    reference = rows.get(config["reference"])
-    budget = config["budget"]
-    spent = " and ".join(
-        text
-        for text in (
-            f"{budget['iters']} iterations" if budget["iters"] else "",
-            f"{budget['minutes']} minutes" if budget["minutes"] else "",
-        )
-        if text
-    )
-    lines = [
-        "# Pyramid designs compared",
-        "",
-        f"One detector (backbone R{run['model']['backbone']['depth']} width {run['model']['backbone']['width']}, "
-        f"d = {run['model']['pyramid']['channels']}) per design, trained on `{config['data']}` for {spent} of "
-        f"{run['train']['batch_size']} images ({run['train']['schedule']} schedule, lr {run['train']['lr']}, "
-        f"seed {config['seed']}); COCO metrics on the val split. Costs on {machine['cpu']} with "
-        f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}, torch {machine['torch']}, for one "
-        f"image (`{config['probe_image']}`).",
-        "",
-    ]
-    if reference is not None:
-        lines += [f"In parentheses: the ratio to `{config['reference']}`.", ""]
-    header = ["design", *(column[0] for column in COLUMNS)]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for design, row in rows.items():
-        cells = [
-            format_cell(row.get(key), None if reference is None else reference.get(key), scale=scale, fixed=fixed)
-            for _, key, scale, fixed in COLUMNS
-        ]
-        lines.append(f"| `{design}` | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "- GFLOPs: one forward pass in eval mode (FlopCounterMode, 2 per multiply-add), every test scale for "
-        "`image-pyramid`.",
-        f"- latency: median of {config['latency_runs']} CPU forward passes after {config['latency_warmup']} "
-        "untimed ones.",
-        "- peak memory: resident memory one step adds to a process holding the model (fresh subprocess); "
-        "train = forward, backward and update of one batch at the largest training scale.",
-        "- `image-pyramid` is the `single-map` model run at the test scales "
-        f"{run['model']['pyramid']['test_scales']}: it trains as `single-map` does.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def _figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def plot_ap_by_size(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars: APs, APm and APl of every design."""
-    rows = results["designs"]
-    figure = _figure((max(6.0, 1.3 * len(rows) + 2), 4.0))
-    ax = figure.subplots()
-    width = 0.8 / 3
-    for i, key in enumerate(("APs", "APm", "APl")):
-        values = [float("nan") if row.get(key) is None else row[key] for row in rows.values()]
-        ax.bar([x + (i - 1) * width for x in range(len(rows))], values, width, label=key)
-    ax.set_xticks(range(len(rows)), list(rows), rotation=20)
-    ax.set(ylabel="val AP (0-100)", title="AP by object size")
-    ax.legend()
-    figure.savefig(path, dpi=100)
-
-
-def plot_accuracy_vs_latency(results: dict[str, Any], path: Path) -> None:
-    """AP against CPU latency, one labelled point per design."""
-    rows = results["designs"]
-    figure = _figure((6.5, 4.5))
-    ax = figure.subplots()
-    for design, row in rows.items():
-        latency, ap = 1e3 * row["latency_s"], row.get("AP") or 0.0
-        ax.scatter([latency], [ap], s=60, marker="*" if design == REFERENCE else "o")
-        ax.annotate(design, (latency, ap), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    machine = results["machine"]
-    threads = f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}"
-    ax.set(xlabel=f"CPU latency per image (ms, {threads})", ylabel="val AP (0-100)")
-    ax.set_title("accuracy vs latency")
-    ax.margins(0.2)
-    figure.savefig(path, dpi=100)

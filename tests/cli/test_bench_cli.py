@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fpn.checkpoints import save_detector
 from fpn.cli import main
-from fpn.detection import FasterRCNN
+from fpn.detection import FasterRCNN, save_detector
 from fpn.presets import preset
 
 FAST = ["--size", "128x160", "--runs", "2", "--warmup", "1", "--threads", "1", "--device", "cpu"]

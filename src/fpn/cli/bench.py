@@ -41,8 +41,8 @@ import json
 import shlex
 
 from fpn.bench import MODES, PRECISIONS, BenchOptions, parse_size, run_bench
-from fpn.checkpoints import atomic_write_text, check_writable
 from fpn.config import DESIGNS
+from fpn.io import atomic_write_text, check_writable
 from fpn.presets import PRESETS
 
 

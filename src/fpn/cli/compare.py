@@ -19,9 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fpn.checkpoints import check_writable
 from fpn.compare import DEFAULT_DESIGNS, DEFAULT_ITERS, LATENCY_RUNS, compare
 from fpn.config import DESIGNS
+from fpn.io import check_writable
 from fpn.presets import PRESETS
 
 
@@ -42,10 +42,10 @@ def add_parser(subparsers) -> None:
     budget.add_argument("--iters", type=int, help=f"iterations per design (default: {DEFAULT_ITERS})")
     budget.add_argument("--minutes", type=float, help="minutes per design (the schedule follows the clock)")
     p.add_argument("--model", default="tiny-fpn", help=f"preset: {', '.join(PRESETS)} (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="training seed, the same for every design")
+    p.add_argument("--seed", type=int, default=0, help="training seed, one for every design (default: %(default)s)")
     p.add_argument("--threads", type=int, help="CPU threads for training and every measurement (default: torch's)")
     p.add_argument(
-        "--latency-runs", type=int, default=LATENCY_RUNS, help="timed forward passes per design (%(default)s)"
+        "--latency-runs", type=int, default=LATENCY_RUNS, help="timed forward passes per design (default: %(default)s)"
     )
     p.add_argument("--out", required=True, help="output folder (an existing one is continued)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. train.lr=0.01")

@@ -1,4 +1,4 @@
-"""``fpn.bench``: the record's keys and the relations between its numbers (never how fast anything is).
+"""``fpn.bench.run_bench``: the record's keys and the relations between its numbers (never how fast anything is).
 
 Everything runs tiny-fpn at 128x160 with two timed runs on one thread; the peak kernels are shrunk
 (``peak_scale``) and the memory subprocess is left to the CLI test, so the module takes a few seconds.
@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import fpn.bench.run as bench_run
 from fpn import bench
 from fpn.bench import STAGES, BenchOptions, parse_size, run_bench
 from fpn.detection import FasterRCNN
@@ -163,36 +164,12 @@ def test_scaling():
     assert flops == sorted(flops)
 
 
-def test_measure_peak_takes_the_best_kernel():
-    peak = bench.measure_peak(precision="bf16", scale=0.1, repeats=1)
-    assert len(peak["kernels"]) == 6
-    assert peak["gflops_per_s"] == max(peak["kernels"].values()) == peak["kernels"][peak["kernel"]]
-
-
-def test_stage_timer_leaves_the_model_as_it_was():
-    prepared = bench.prepare(options(), torch.device("cpu"))
-    model = prepared.model
-    with prepared.timer:
-        prepared.step()
-        assert set(prepared.timer.totals) == set(STAGES["infer"])
-    assert "postprocess" not in vars(model.transform)
-    for name in bench.FORWARD_STAGES:
-        module = getattr(model, name)
-        assert not module._forward_hooks and not module._forward_pre_hooks
-
-
 def test_threads_are_restored(monkeypatch):
     seen = []
-    monkeypatch.setattr(bench, "_run", lambda options, device, threads: seen.append(torch.get_num_threads()) or {})
+    monkeypatch.setattr(bench_run, "_run", lambda options, device, threads: seen.append(torch.get_num_threads()) or {})
     before = torch.get_num_threads()
     run_bench(options(threads=before + 1))
     assert seen == [before + 1] and torch.get_num_threads() == before
-
-
-def test_linear_fit():
-    points = [{"megapixels": x, "median_s": 0.5 + 2 * x} for x in (0.25, 0.5, 1.0)]
-    fit = bench.linear_fit(points)
-    assert fit["fixed_s"] == pytest.approx(0.5) and fit["s_per_megapixel"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(
@@ -208,10 +185,3 @@ def test_linear_fit():
 def test_bad_options(changes, message):
     with pytest.raises(ConfigError, match=message):
         run_bench(options(**changes))
-
-
-def test_parse_size():
-    assert parse_size("800x1216") == (800, 1216)
-    for bad in ("800", "800x", "axb", "800x1216x3"):
-        with pytest.raises(ConfigError, match="HEIGHTxWIDTH"):
-            parse_size(bad)

@@ -34,6 +34,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+# Private torch APIs, used here and nowhere else in fpn. Recording every dense call with its arguments needs a
+# dispatch mode: it sees the aten calls below autograd, the backward's convolutions included, which no public
+# hook does (FlopCounterMode is built on one too); pytree walks the nested arguments as the dispatcher does. If a
+# torch release renames or changes them, this import or record_layers fails: only `fpn bench --layers` and
+# tests/bench/test_layer_ceiling.py break, because nothing imports this module but run_bench when asked for
+# layers (fpn.bench's __init__ does not).
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.flop_counter import FlopCounterMode, flop_registry

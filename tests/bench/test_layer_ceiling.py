@@ -1,4 +1,4 @@
-"""``fpn.layer_ceiling``: which calls it records, how it replays them, and the relations of its record.
+"""``fpn.bench.layer_ceiling``: which calls it records, how it replays them, and the relations of its record.
 
 Small modules on one thread; no timing is asserted, only what must hold whatever the machine's speed.
 """
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fpn.layer_ceiling import SLOWEST, TensorSpec, _spec, layer_ceiling, record_layers, time_layers
-from fpn.measure import count_gflops
+from fpn.bench.flops import count_gflops
+from fpn.bench.layer_ceiling import SLOWEST, TensorSpec, _spec, layer_ceiling, record_layers, time_layers
 
 
 class TwiceConv(nn.Module):
