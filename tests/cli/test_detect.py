@@ -436,3 +436,151 @@ def test_a_100_megapixel_image_is_detected_without_a_warning(weights, tmp_path, 
     assert code == 0 and "Traceback" not in captured.err
     (entry,) = read(output)["images"]
     assert (entry["width"], entry["height"]) == (10000, 10000)
+
+
+# ------------------------------------------------------------------------ options people know from other tools
+
+
+def max_same_class_iou(records: list[dict]) -> float:
+    """The largest IoU of two detections of one class in one image (boxes from the JSON's ``[x, y, w, h]``)."""
+    from fpn.ops import box_iou
+
+    groups: dict[tuple, list] = {}
+    for record in records:
+        groups.setdefault((record["file_name"], record["category_id"]), []).append(record["bbox"])
+    largest = 0.0
+    for boxes in (b for b in groups.values() if len(b) > 1):
+        xyxy = torch.tensor(boxes)
+        xyxy[:, 2:] += xyxy[:, :2]
+        largest = max(largest, float(box_iou(xyxy, xyxy).fill_diagonal_(0).max()))
+    return largest
+
+
+@pytest.fixture
+def loaded(monkeypatch) -> list:
+    """The models ``fpn detect`` loads, as it loaded them."""
+    import fpn.cli.detect as detect_cli
+
+    models, original = [], detect_cli.load_detector
+    monkeypatch.setattr(detect_cli, "load_detector", lambda *a, **k: models.append(original(*a, **k)) or models[-1])
+    return models
+
+
+def test_nms_iou_and_max_detections(weights, image_dir, first_run, tmp_path, capsys):
+    *_, out = first_run
+    assert max_same_class_iou(read(out / "results.json")["detections"]) > 0.35  # the checkpoint's 0.5 lets it by
+    output = tmp_path / "strict.json"
+    code = detect(image_dir, "--weights", weights, "--output", output, "--score-thresh", 0, "--nms-iou", 0.3,
+                  "--max-detections", 3)  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    document = read(output)
+    assert max_same_class_iou(document["detections"]) <= 0.3 + 0.02  # JSON rounding, boxes scaled back
+    assert all(0 < image["detections"] <= 3 for image in document["images"])
+
+
+def test_size_and_set_reach_the_model(weights, image_dir, tmp_path, capsys, loaded):
+    code = detect(image_dir / "rgb.jpg", "--weights", weights, "--output", tmp_path / "o.json", "--size", 64,
+                  "--max-size", 200, "--nms-iou", 0.4, "--set", "rpn.post_nms_top_n_test=20",
+                  "--set", "model.roi_heads.score_thresh=0.2", "--set", "roi_heads.nms_thresh=0.6")  # fmt: skip
+    assert code == 0 and "1 image(s)" in capsys.readouterr().out
+    ((model, _),) = loaded
+    assert (model.transform.min_size, model.transform.max_size) == ([64], 200)
+    assert model.config.rpn.post_nms_top_n_test == 20 and model.config.roi_heads.score_thresh == 0.2
+    assert model.config.roi_heads.nms_thresh == 0.6  # --set has the last word, as train's overrides do
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "rule"),
+    [
+        ("--nms-iou", "0", "above 0 and at most 1"),
+        ("--nms-iou", "1.5", "above 0 and at most 1"),
+        ("--nms-iou", "nan", "above 0 and at most 1"),
+        ("--max-detections", "0", "at least 1"),
+        ("--max-detections", "2.5", "at least 1"),
+        ("--size", "16", "at least 32 px"),
+        ("--size", "big", "at least 32 px"),
+        ("--max-size", "31", "at least 32 px"),
+    ],
+)
+def test_option_values_out_of_range_are_one_line(weights, image_dir, tmp_path, capsys, flag, value, rule):
+    with pytest.raises(SystemExit) as exc:
+        detect(image_dir, "--weights", weights, "--output", tmp_path / "out.json", flag, value)
+    assert exc.value.code == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert flag in line and rule in line and repr(value) in line
+    assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--size", "200"], ["the model's longer-side cap of 128 px", "--size 200", "raise --max-size"]),
+        (["--max-size", "64"], ["--max-size 64", "the model's shorter side of 96 px"]),
+        (["--size", "90", "--max-size", "80"], ["--max-size 80 is under --size 90"]),
+        (["--set", "roi_heads.no_such_key=1"], ["roi_heads.no_such_key"]),
+        (["--set", "roi_heads.nms_thresh"], ["roi_heads.nms_thresh", "key=value"]),
+        (["--classes", "zebra"], ["--classes", "'zebra'", "its classes: cat, dog"]),
+        (["--classes", ","], ["--classes: no class given"]),
+    ],
+    ids=["size-over-cap", "cap-under-size", "both", "unknown-key", "not-key-value", "unknown-class", "empty"],
+)
+def test_settings_the_model_cannot_honour_are_one_line(weights, image_dir, tmp_path, capsys, flags, named):
+    output = tmp_path / "out.json"
+    assert detect(image_dir, "--weights", weights, "--output", output, *flags) == 2
+    line = one_line_error(capsys)
+    assert all(part in line for part in named), line
+    assert not output.exists()
+
+
+def test_size_within_a_raised_cap_is_taken(weights, image_dir, tmp_path, capsys, loaded):
+    assert detect(image_dir / "rgb.jpg", "--weights", weights, "--output", tmp_path / "o.json", "--size", 200,
+                  "--max-size", 300) == 0  # fmt: skip
+    capsys.readouterr()
+    assert (loaded[0][0].transform.min_size, loaded[0][0].transform.max_size) == ([200], 300)
+
+
+@pytest.mark.parametrize(
+    ("classes", "kept"), [("dog", {"dog"}), ("17", {"cat"}), ("DOG, 17", {"cat", "dog"})], ids=["name", "id", "both"]
+)
+def test_classes_filter(weights, image_dir, tmp_path, capsys, classes, kept):
+    output = tmp_path / "some.json"
+    code = detect(image_dir, "--weights", weights, "--output", output, "--score-thresh", 0, "--classes", classes)
+    assert code == 0
+    capsys.readouterr()
+    document = read(output)
+    assert {r["category"] for r in document["detections"]} == kept
+    assert len(document["images"]) == len(GOOD)  # every image still listed, with the count of what was kept
+
+
+@pytest.fixture(scope="module")
+def slotted_weights(tmp_path_factory) -> Path:
+    """A checkpoint whose label 2 is a placeholder slot, as torchvision's COCO layout has ten."""
+    torch.manual_seed(0)
+    config = preset("micro-fpn")
+    config.class_names = ["cat", "N/A", "dog"]
+    config.roi_heads.score_thresh = 0.0
+    return save_detector(FasterRCNN(config), tmp_path_factory.mktemp("slotted") / "model.pt")
+
+
+def test_placeholder_slots_never_reach_the_json(slotted_weights, image_dir, tmp_path, capsys):
+    output = tmp_path / "out.json"
+    code = detect(image_dir, "--weights", slotted_weights, "--output", output, "--score-thresh", 0,
+                  "--save-images", tmp_path / "pictures")  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    records = read(output)["detections"]
+    assert records and {r["category"] for r in records} <= {"cat", "dog"}
+    assert 2 not in {r["category_id"] for r in records}
+    for token in ("N/A", "2"):
+        assert detect(image_dir, "--weights", slotted_weights, "--output", output, "--classes", token) == 2
+        assert "unused slot" in one_line_error(capsys)
+
+
+def test_models_counts_classes_not_slots(monkeypatch, capsys):
+    import fpn.cli.models as models_cli
+
+    monkeypatch.setattr(models_cli, "count", lambda config, flops=True: {"params": 0, "gflops": None})
+    assert main(["models", "r50-fpn", "micro-fpn", "--no-flops"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["r50-fpn"][-1] == "80" and rows["micro-fpn"][-1] == "1"  # COCO's 80 classes in 90 slots

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from fpn.errors import FpnError
+from fpn.version import __version__
 
 # Subcommands in the order `fpn --help` lists them; each name is a module fpn.cli.<name>.
 COMMANDS = ("detect", "train", "eval", "demo", "models", "compare", "show", "anchors", "bench")
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fpn", description="Feature Pyramid Network object detection: train, evaluate, run and inspect."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"fpn {__version__}", help="print the version and exit")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"fpn.cli.{name}").add_parser(subparsers)

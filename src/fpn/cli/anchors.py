@@ -12,12 +12,14 @@ from fpn.io import atomic_write_text, check_writable
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("anchors", help="do a model's anchors fit a data set's objects?", description=__doc__)
     p.add_argument("--data", required=True, help="dataset YAML or built-in name (synthetic)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="the split whose objects are measured (default: %(default)s)")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--weights", help="a checkpoint whose config to check")
+    source.add_argument("--weights", help="a checkpoint whose config to check (default: --model's preset)")
     source.add_argument("--model", default="tiny-fpn", help="a preset (default: %(default)s)")
-    p.add_argument("--design", help="pyramid design (changes the levels RoIs are pooled from)")
-    p.add_argument("--out", default="anchors.png", help="histogram picture, summary beside it as .json (%(default)s)")
+    p.add_argument("--design", help="pyramid design (changes the levels RoIs are pooled from; default: the preset's)")
+    p.add_argument(
+        "--out", default="anchors.png", help="histogram picture, summary beside it as .json (default: %(default)s)"
+    )
     p.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides, e.g. anchors.sizes=[8,16]"
     )

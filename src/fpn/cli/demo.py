@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fpn.cli.options import add_score_thresh
 from fpn.cli.train import first_free
 from fpn.engine.config import DEMO_ITERS, demo_config
 
@@ -24,8 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", help="run folder (default: runs/demo, numbered if it exists)")
     p.add_argument("--iters", type=int, default=DEMO_ITERS, help="training iterations (default: %(default)s)")
     p.add_argument("--design", default="fpn", help="pyramid design to train (default: %(default)s)")
-    p.add_argument("--pictures", type=int, default=6, help="val images to draw detections on")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="detections drawn at least this confident")
+    p.add_argument("--pictures", type=int, default=6, help="val images to draw detections on (default: %(default)s)")
+    add_score_thresh(p, "detections drawn at least this confident (default: %(default)s)")
     p.set_defaults(run=run)
 
 

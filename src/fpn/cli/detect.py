@@ -4,26 +4,37 @@ The JSON (--output) lists every image processed, the detections (COCO results fo
 category and pyramid level) and the inputs skipped; its format is described in ``fpn.engine.inference``.
 Inputs that cannot be processed (unreadable, too thin for the model) are skipped with a line naming each;
 when none can be, that is an error (exit status 2) and nothing is written.
+
+The checkpoint's settings hold unless changed for this run: --nms-iou, --max-detections, --size and
+--max-size, then any model config key with --set KEY=VALUE, as ``fpn train`` takes them
+(``--set rpn.post_nms_top_n_test=500``; a leading ``model.`` may be kept). --set is a flag, unlike train's
+positional KEY=VALUE, because here positionals are images and a file may well be called ``a=b.jpg``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from fpn.cli.options import add_score_thresh
+from fpn.cli.options import add_score_thresh, iou, whole_number
+from fpn.config import ModelConfig
 from fpn.data.images import list_images
 from fpn.detection.checkpoint import load_detector
+from fpn.detection.classes import select_labels
 from fpn.device import resolve_device
 from fpn.engine.inference import detect_files, results_json
-from fpn.errors import DataError
+from fpn.errors import ConfigError, DataError
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.draw import draw_detections
 from fpn.viz.save import save_picture
+
+# The stride of P5: a shorter side under it would leave the coarse levels' maps less than one cell across.
+MIN_SIZE = 32
 
 
 def add_parser(subparsers) -> None:
@@ -33,10 +44,59 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--output", default="detections.json", help="JSON: images, detections, skipped inputs (default: %(default)s)"
     )
-    p.add_argument("--save-images", metavar="DIR", help="write each image with its detections drawn")
+    p.add_argument(
+        "--save-images", metavar="DIR", help="write each image with its detections drawn (default: no pictures)"
+    )
     add_score_thresh(p, "keep detections at least this confident (default: %(default)s)")
-    p.add_argument("--colour-by", choices=("class", "level"), default="class", help="box colours in pictures")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--classes",
+        type=class_list,
+        metavar="NAMES",
+        help="keep only these classes: names or category ids, comma-separated, e.g. person,car or 1,3 "
+        "(default: every class of the model)",
+    )
+    p.add_argument(
+        "--nms-iou",
+        type=iou,
+        metavar="0..1",
+        help="the final class-wise NMS: of two boxes of one class overlapping by more than this IoU, the "
+        "lower-scored goes (default: the checkpoint's roi_heads.nms_thresh, 0.5 in every preset)",
+    )
+    p.add_argument(
+        "--max-detections",
+        type=whole_number(1),
+        metavar="N",
+        help="keep at most N detections per image, the highest-scored "
+        "(default: the checkpoint's roi_heads.detections_per_image, 100 in r50-fpn)",
+    )
+    p.add_argument(
+        "--size",
+        type=whole_number(MIN_SIZE, " px"),
+        metavar="PX",
+        help="resize each image so that its shorter side is PX, its longer side at most --max-size "
+        "(default: the checkpoint's transform.min_size, 800 in r50-fpn)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=whole_number(MIN_SIZE, " px"),
+        metavar="PX",
+        help="the longer side's cap in that resize (default: the checkpoint's transform.max_size, 1333 in r50-fpn)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a model config override, as fpn train takes it (e.g. roi_heads.score_thresh=0.01); repeat for "
+        "more; applied after the flags above (default: none)",
+    )
+    p.add_argument(
+        "--colour-by",
+        choices=("class", "level"),
+        default="class",
+        help="box colours in pictures (default: %(default)s)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s: cuda if there is one)")
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
@@ -53,13 +113,49 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+def class_list(text: str) -> list[str]:
+    """``--classes person,traffic light`` -> ``["person", "traffic light"]`` (checked against the model later)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    """The model config overrides this run asks for: the flags' keys, then --set's (so --set has the last word,
+    as train's overrides do after its flags)."""
+    flags = {
+        "roi_heads.nms_thresh": args.nms_iou,
+        "roi_heads.detections_per_image": args.max_detections,
+        "transform.min_size": None if args.size is None else [args.size],
+        "transform.max_size": args.max_size,
+    }
+    overrides = [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    return overrides + [item.removeprefix("model.") for item in args.overrides or []]
+
+
+def check_size(config: ModelConfig, args: argparse.Namespace) -> None:
+    """Refuse a resize the model would not do as asked, naming the flags, before any image is read."""
+    if args.size is not None and config.pyramid.design == "image-pyramid":
+        raise ConfigError(
+            f"--size: an image-pyramid model runs at each of its test scales ({config.pyramid.test_scales}); "
+            "set them with --set pyramid.test_scales=[...]"
+        )
+    shorter, longer = config.transform.min_size[-1], config.transform.max_size
+    if (args.size is None and args.max_size is None) or longer >= shorter:
+        return
+    size = f"--size {shorter}" if args.size is not None else f"the model's shorter side of {shorter} px"
+    cap = f"--max-size {longer}" if args.max_size is not None else f"the model's longer-side cap of {longer} px"
+    raise ConfigError(f"{cap} is under {size}, so no image could get that shorter side; raise --max-size")
+
+
 def run(args: argparse.Namespace) -> int:
     # Outputs first: a path that cannot be written must not cost the whole inference.
     check_writable(args.output)
     out_dir = check_writable(args.save_images, folder=True) if args.save_images else None
     device = resolve_device(args.device)
     paths = list_images(args.sources)
-    model, _ = load_detector(args.weights)
+    model, _ = load_detector(args.weights, config_overrides=model_overrides(args))
+    check_size(model.config, args)
+    if args.classes is not None:
+        select_labels(model.config, args.classes, what="--classes")  # an unknown name: said with the flag's name
     summaries, records, failed, used = [], [], [], set()
     bar = tqdm(total=len(paths), unit="img", desc="detect", disable=not sys.stderr.isatty())
     for result in detect_files(
@@ -69,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         score_thresh=args.score_thresh,
         dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
         winograd=not args.direct_conv,
+        classes=args.classes,
     ):
         bar.update()
         summaries.append(result.summary())

@@ -24,8 +24,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--weights", required=True, help="checkpoint: RUN/model.pt or torchvision's fasterrcnn .pth")
     p.add_argument("--data", required=True, help="dataset YAML or built-in name (synthetic)")
     p.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    p.add_argument("--output", help="write metrics and the per-level table as JSON to this file")
-    p.add_argument("--detections", help="also write the detections (COCO results format + level) as JSON")
+    p.add_argument("--output", help="write metrics and the per-level table as JSON to this file (default: not written)")
+    p.add_argument(
+        "--detections", help="also write the detections (COCO results format + level) as JSON (default: not written)"
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of leaving it out")

@@ -15,6 +15,7 @@ import torch
 
 from fpn.config import DESIGNS, ModelConfig
 from fpn.detection import FasterRCNN
+from fpn.detection.classes import real_classes
 from fpn.measure import eval_size, forward_gflops
 from fpn.presets import PRESETS, preset
 
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{numbers['params'] / 1e6:.2f}M",
                 gflops,
                 size,
-                str(len(config.class_names)),
+                str(len(real_classes(config.class_names))),  # r50-fpn: COCO's 80, not its 90 slots
             )
         )
     head = ("preset", "design", "backbone", "params", "GFLOPs", "test size", "classes")

@@ -21,7 +21,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("image", help="an image file")
     p.add_argument("--weights", required=True, help="checkpoint: RUN/model.pt or torchvision's fasterrcnn .pth")
     p.add_argument("--out", default="show", help="folder for the pictures and counts (default: %(default)s)")
-    p.add_argument("--box", action="append", default=[], metavar="x1,y1,x2,y2", help="a ground-truth box (repeat)")
+    p.add_argument(
+        "--box",
+        action="append",
+        default=[],
+        metavar="x1,y1,x2,y2",
+        help="a ground-truth box, whose positive anchors are counted (repeat; default: none)",
+    )
     add_score_thresh(p, "detections drawn at least this confident (default: %(default)s)")
     p.set_defaults(run=run)
 

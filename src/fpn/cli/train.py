@@ -23,6 +23,9 @@ from fpn.engine.distributed import dist_info
 from fpn.errors import ConfigError
 from fpn.presets import PRESETS, preset
 
+# The budget flags' default, said once: a run config's own budget, else TrainConfig's 12 epochs.
+BUDGET_DEFAULT = "default: the run config's budget, 12 epochs if it sets none"
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -33,13 +36,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--design", help="pyramid design (fpn, single-map, hierarchy, ...); default: the preset's")
     p.add_argument("--out", help="run folder (default: runs/<model>[-<design>], numbered if it exists)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--iters", type=int, help="train for N iterations")
-    budget.add_argument("--epochs", type=float, help="train for N passes over the training set")
-    budget.add_argument("--minutes", type=float, help="train for N minutes (the schedule follows the clock)")
+    budget.add_argument("--iters", type=int, help=f"train for N iterations ({BUDGET_DEFAULT})")
+    budget.add_argument("--epochs", type=float, help=f"train for N passes over the training set ({BUDGET_DEFAULT})")
+    budget.add_argument(
+        "--minutes", type=float, help=f"train for N minutes, the schedule following the clock ({BUDGET_DEFAULT})"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out (a larger budget extends it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run config's (auto)")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of leaving it out")
-    p.add_argument("--config", help="run config YAML (model, train, data); e.g. a RUN/config.yaml")
+    p.add_argument(
+        "--config", help="run config YAML (model, train, data), e.g. a RUN/config.yaml (default: none, the preset's)"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. train.lr=0.02")
     p.set_defaults(run=run)
 

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fpn.data.dataset import DetectionDataset, collate
+from fpn.detection.classes import is_placeholder, real_classes
 from fpn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -47,13 +48,15 @@ def label_to_category(model_names: Sequence[str], dataset: DetectionDataset) -> 
     """Model label (1..K) -> dataset category id, matched by class name.
 
     Names rather than positions, so a model whose classes are a superset (torchvision's 91 COCO slots) or
-    a reordering of the dataset's still scores correctly; labels the dataset lacks are dropped.
+    a reordering of the dataset's still scores correctly; labels the dataset lacks are dropped, and so are
+    placeholder slots (``"N/A"``) whatever the dataset calls its classes: they are no class at all.
     """
     ids = dict(zip(dataset.names, dataset.category_ids))
-    mapping = {label: ids[name] for label, name in enumerate(model_names, start=1) if name in ids}
+    named = enumerate(model_names, start=1)
+    mapping = {label: ids[name] for label, name in named if name in ids and not is_placeholder(name)}
     if not mapping:
         raise ConfigError(
-            f"{dataset.source}: none of the model's classes ({', '.join(list(model_names)[:5])}, ...) "
+            f"{dataset.source}: none of the model's classes ({', '.join(real_classes(model_names)[:5])}, ...) "
             f"is a class of the dataset ({', '.join(dataset.names[:5])}, ...)"
         )
     return mapping

@@ -12,7 +12,8 @@
   processed, with the reason (unreadable, or too thin for the model's resize).
 * ``detections``: a COCO results list (``image_id``, ``category_id``, ``bbox`` as ``[x, y, width, height]``
   in the original image's pixels, ``score``) plus ``file_name``, ``category`` (the class name) and
-  ``level``, the pyramid level whose RoI produced the box, named as the levels are (``"p3"``).
+  ``level``, the pyramid level whose RoI produced the box, named as the levels are (``"p3"``). Never a
+  placeholder slot (the ``"N/A"`` ids of torchvision's COCO layout: see :mod:`fpn.detection.classes`).
 * ``file_name``: the image's path relative to the folder holding all the inputs, ``/``-separated; unique
   even when two folders each hold an ``img.png``, and the bare file name when the inputs share a folder.
 * ``id``: the inputs numbered from 1 in the order they are listed (sorted paths).
@@ -38,6 +39,7 @@ from PIL import Image
 
 from fpn.data.images import open_image
 from fpn.detection import FasterRCNN
+from fpn.detection.classes import keep_labels, label_mask
 from fpn.errors import DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -127,14 +129,20 @@ def detect_files(
     score_thresh: float | None = None,
     dtype: torch.dtype = torch.float32,
     winograd: bool = True,
+    classes: Iterable[str | int] | None = None,
 ) -> Iterator[DetectResult]:
     """Detections for each image file; an image that cannot be processed yields a result with ``error`` set.
+
+    ``classes`` keeps only those classes: names, or the model's category ids (see
+    :func:`fpn.detection.classes.select_labels`; one the model lacks is a ConfigError before any image is
+    read). Detections in placeholder slots (torchvision COCO layout's ``"N/A"``) are always dropped.
 
     The model is put in eval mode on ``device`` and optimized for inference in place, in ``dtype`` and with or
     without Winograd convolutions (see :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save
     it afterwards.
     """
     paths = list(paths)
+    wanted = label_mask(model.config, classes)
     model.eval().to(device)
     if not model.optimized:
         # float32: the same detections to float rounding, faster; bfloat16: faster still, close but not equal.
@@ -154,6 +162,8 @@ def detect_files(
         if score_thresh is not None:
             keep = out["scores"] >= score_thresh
             out = {k: v[keep] for k, v in out.items()}
+        # A placeholder slot never had an object to learn from: its scores say nothing, whatever their size.
+        out = keep_labels(out, wanted)
         records = to_records(name, out, model, image_id=image_id)
         yield DetectResult(path, name, image_id, (image.height, image.width), out, image, records=records)
 

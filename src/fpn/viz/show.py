@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from fpn.detection import FasterRCNN
+from fpn.detection.classes import keep_labels, label_mask
 from fpn.detection.transform import resize_boxes
 from fpn.ops import box_iou
 from fpn.viz.draw import LEVEL_COLOURS, draw_detections
@@ -35,7 +36,7 @@ def inspect_image(model: FasterRCNN, image: torch.Tensor, boxes: torch.Tensor | 
     model.eval()
     batch, _ = model.transform([image])
     bottom_up, pyramid = model.features(batch.tensors)
-    detections = model([image])[0]
+    detections = keep_labels(model([image])[0], label_mask(model.config))  # no placeholder slots
     counts_rpn = model.last_counts
     levels = [lv.name for lv in model.levels]
     positives = [0] * len(levels)
