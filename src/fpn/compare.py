@@ -1,4 +1,4 @@
-"""The seed's designs side by side: one detector, the same data, budget, seed and schedule; accuracy and cost.
+"""The paper's designs side by side: one detector, the same data, budget, seed and schedule; accuracy and cost.
 
 :func:`compare` trains every requested pyramid design (``model.pyramid.design`` is the only setting that
 differs between the runs), evaluates each on the val split and measures what it costs. ``image-pyramid``
@@ -61,7 +61,7 @@ from fpn.viz.compare_plots import COLUMNS, summary_line, write_report
 
 logger = logging.getLogger(__name__)
 
-#: Every design of the seed, in the order of its figure, then the paper's two ablations.
+#: Every design of the paper's Figure 1, in its order, then the paper's two ablations.
 DEFAULT_DESIGNS = ("image-pyramid", "single-map", "hierarchy", "fpn", "top-down-only", "finest-only")
 #: Iterations per design by default (batch 2, the demo's cosine schedule, compressed): the whole comparison of
 #: tiny-fpn on the synthetic set must take at most 20 minutes on a 2-core CPU, training being most of it.
