@@ -30,21 +30,11 @@ FLOORS: list[tuple[str, frozenset[str], str]] = [
     ("detection", frozenset({"detection"}), "detectors and their checkpoints"),
     ("engine", frozenset({"engine"}), "training step and loop, evaluation, inference over files: no viz, no cli"),
     ("viz", frozenset({"viz"}), "pictures"),
-    ("bench", frozenset({"bench", "measure"}), "the instruments of fpn bench"),
+    ("bench", frozenset({"bench"}), "the instruments of fpn bench"),
     ("compare", frozenset({"compare"}), "the designs side by side"),
     ("cli", frozenset({"cli"}), "one module per fpn subcommand: nothing below imports it"),
     ("entry", frozenset({"fpn", "__main__"}), "the package's public API (fpn/__init__.py) and python -m fpn"),
 ]
-
-# Imports that break the rules in files being rewritten elsewhere, each as (importing module, imported module).
-# Removed once bench/ lands; an entry that no longer occurs fails test_allowed_for_now_is_not_stale.
-ALLOWED_FOR_NOW: frozenset[tuple[str, str]] = frozenset(
-    {
-        # fpn/measure.py, a stand-in kept while fpn.cli.models imports eval_size and forward_gflops from it
-        ("fpn.measure", "fpn.bench.flops"),
-        ("fpn.measure", "fpn.bench.inputs"),
-    }
-)
 
 
 def module_name(path: Path) -> str:
@@ -191,7 +181,7 @@ def test_the_walk_sees_the_package():
 
 
 def test_every_imported_fpn_module_exists():
-    found = sorted(missing_imports() - ALLOWED_FOR_NOW)
+    found = sorted(missing_imports())
     assert not found, "imports of fpn modules that do not exist:\n" + "\n".join(
         f"  {where(a, b)}: {a} imports {b}" for a, b in found
     )
@@ -210,7 +200,7 @@ def test_every_unit_has_a_floor():
 
 
 def test_imports_run_down():
-    found = sorted(upward_imports() - ALLOWED_FOR_NOW)
+    found = sorted(upward_imports())
     assert not found, "imports that run up the floors or across peers (a module imports only below its floor):\n" + (
         "\n".join(f"  {where(a, b)}: {a} ({describe(unit(a))}) imports {b} ({describe(unit(b))})" for a, b in found)
     )
@@ -221,8 +211,3 @@ def test_io_and_errors_know_nothing_of_the_package():
     assert not errors, f"fpn.errors imports {errors}: it must import nothing of fpn"
     extra = sorted(set(graph()["fpn.io"]) - {"fpn.errors"})
     assert not extra, f"fpn.io imports {extra}: it must import nothing of fpn but fpn.errors"
-
-
-def test_allowed_for_now_is_not_stale():
-    stale = sorted(ALLOWED_FOR_NOW - missing_imports() - upward_imports())
-    assert not stale, f"ALLOWED_FOR_NOW lists imports that no longer break a rule; delete them: {stale}"

@@ -4,7 +4,7 @@ The public API, one import away::
 
     import fpn
 
-    model = fpn.load_detector("runs/mine/model.pt")  # or torchvision's fasterrcnn_resnet50_fpn .pth
+    model, checkpoint = fpn.load_detector("runs/mine/model.pt")  # or torchvision's fasterrcnn .pth
     for result in fpn.detect(model, ["photo.jpg"], score_thresh=0.5):
         for d in result.records:  # COCO [x, y, w, h] in the photo's pixels, and the pyramid level
             print(d["category"], d["score"], d["bbox"], d["level"])

@@ -13,10 +13,10 @@ import logging
 
 import torch
 
+from fpn.bench import eval_size, forward_gflops
 from fpn.config import DESIGNS, ModelConfig
 from fpn.detection import FasterRCNN
 from fpn.detection.classes import real_classes
-from fpn.measure import eval_size, forward_gflops
 from fpn.presets import PRESETS, preset
 
 logger = logging.getLogger(__name__)

@@ -37,10 +37,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fpn.data.images import open_image
+from fpn.data.images import list_images, open_image
 from fpn.detection import FasterRCNN
 from fpn.detection.classes import keep_labels, label_mask
-from fpn.errors import DataError, ImageError
+from fpn.device import resolve_device
+from fpn.errors import ConfigError, DataError, ImageError
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,33 @@ def detect_files(
         out = keep_labels(out, wanted)
         records = to_records(name, out, model, image_id=image_id)
         yield DetectResult(path, name, image_id, (image.height, image.width), out, image, records=records)
+
+
+def detect(
+    model: FasterRCNN,
+    sources: Iterable[str | os.PathLike] | str | os.PathLike,
+    *,
+    score_thresh: float | None = 0.5,
+    precision: str = "fp32",
+    device: str = "auto",
+    classes: Iterable[str | int] | None = None,
+) -> Iterator[DetectResult]:
+    """``fpn detect`` for a Python user: one :class:`DetectResult` per image of ``sources``, in order.
+
+    ``sources``: image files, folders or glob patterns, as the command takes them (:func:`list_images`);
+    ``precision``: ``"fp32"`` (torchvision's detections to float rounding) or ``"bf16"`` (faster where the CPU
+    has bf16 instructions, close but not equal); ``device``: ``auto``, ``cpu`` or ``cuda``. Each result's
+    ``records`` are the JSON records ``fpn detect`` writes; ``detections`` the tensors (original pixels);
+    ``error`` says why an image was skipped. The model is optimized in place (see :func:`detect_files`).
+    """
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise ConfigError(f"precision must be fp32 or bf16; got {precision!r}")
+    paths = list_images(sources)  # checked now, not at the first next(): a typo fails at the call
+    return detect_files(
+        model, paths, device=resolve_device(device), score_thresh=score_thresh, dtype=dtypes[precision],
+        classes=classes,
+    )  # fmt: skip
 
 
 def _json_list(items: Sequence[dict]) -> str:
