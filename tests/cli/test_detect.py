@@ -501,6 +501,10 @@ def test_size_and_set_reach_the_model(weights, image_dir, tmp_path, capsys, load
         ("--size", "16", "at least 32 px"),
         ("--size", "big", "at least 32 px"),
         ("--max-size", "31", "at least 32 px"),
+        ("--tile", "10", "at least 32 px"),
+        ("--overlap", "1.0", "not including) 1"),
+        ("--overlap", "-0.1", "from 0 up to"),
+        ("--tile-batch", "0", "at least 1"),
     ],
 )
 def test_option_values_out_of_range_are_one_line(weights, image_dir, tmp_path, capsys, flag, value, rule):
@@ -522,8 +526,18 @@ def test_option_values_out_of_range_are_one_line(weights, image_dir, tmp_path, c
         (["--set", "roi_heads.nms_thresh"], ["roi_heads.nms_thresh", "key=value"]),
         (["--classes", "zebra"], ["--classes", "'zebra'", "its classes: cat, dog"]),
         (["--classes", ","], ["--classes: no class given"]),
+        (["--full-image"], ["--full-image needs --tile"]),
     ],
-    ids=["size-over-cap", "cap-under-size", "both", "unknown-key", "not-key-value", "unknown-class", "empty"],
+    ids=[
+        "size-over-cap",
+        "cap-under-size",
+        "both",
+        "unknown-key",
+        "not-key-value",
+        "unknown-class",
+        "empty",
+        "full-without-tile",
+    ],
 )
 def test_settings_the_model_cannot_honour_are_one_line(weights, image_dir, tmp_path, capsys, flags, named):
     output = tmp_path / "out.json"
@@ -584,3 +598,20 @@ def test_models_counts_classes_not_slots(monkeypatch, capsys):
     assert main(["models", "r50-fpn", "micro-fpn", "--no-flops"]) == 0
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
     assert rows["r50-fpn"][-1] == "80" and rows["micro-fpn"][-1] == "1"  # COCO's 80 classes in 90 slots
+
+
+def test_tiled_detection_records_each_detections_tile(weights, tmp_path, capsys):
+    noise((300, 200), "RGB", 7).save(tmp_path / "scene.png")
+    output = tmp_path / "tiled.json"
+    code = detect(tmp_path / "scene.png", "--weights", weights, "--output", output, "--score-thresh", 0,
+                  "--tile", 96, "--overlap", 0.25, "--tile-batch", 3, "--full-image", "--merge", "nms")  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    document = read(output)
+    records = document["detections"]
+    assert records and set(records[0]) == FIELDS | {"tile"}
+    assert document["images"][0]["detections"] == len(records)
+    tiles = [r["tile"] for r in records]
+    assert all(t == "full" or (len(t) == 4 and t[2] - t[0] == 96 and t[3] - t[1] == 96) for t in tiles)
+    for record in records:
+        x, y, w, h = record["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= 300.01 and y + h <= 200.01  # the image's pixels, not a tile's

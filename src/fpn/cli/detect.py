@@ -9,6 +9,10 @@ The checkpoint's settings hold unless changed for this run: --nms-iou, --max-det
 --max-size, then any model config key with --set KEY=VALUE, as ``fpn train`` takes them
 (``--set rpn.post_nms_top_n_test=500``; a leading ``model.`` may be kept). --set is a flag, unlike train's
 positional KEY=VALUE, because here positionals are images and a file may well be called ``a=b.jpg``.
+
+--tile PX detects in overlapping tiles of the image's native pixels and merges them (small objects in large
+images; see ``fpn.engine.tiling``): ``fpn detect scene.png --weights W --tile 512 --full-image``. Each
+detection then records its tile.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from fpn.cli.options import add_score_thresh, iou, whole_number
+from fpn.cli.options import add_score_thresh, add_tile_options, iou, tile_options, whole_number
 from fpn.config import ModelConfig
 from fpn.data.images import list_images
 from fpn.detection.checkpoint import load_detector
@@ -90,6 +94,7 @@ def add_parser(subparsers) -> None:
         help="a model config override, as fpn train takes it (e.g. roi_heads.score_thresh=0.01); repeat for "
         "more; applied after the flags above (default: none)",
     )
+    add_tile_options(p)
     p.add_argument(
         "--colour-by",
         choices=("class", "level"),
@@ -151,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.output)
     out_dir = check_writable(args.save_images, folder=True) if args.save_images else None
     device = resolve_device(args.device)
+    tiling = tile_options(args)
     paths = list_images(args.sources)
     model, _ = load_detector(args.weights, config_overrides=model_overrides(args))
     check_size(model.config, args)
@@ -166,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
         winograd=not args.direct_conv,
         classes=args.classes,
+        tiling=tiling,
     ):
         bar.update()
         summaries.append(result.summary())

@@ -5,6 +5,7 @@
     {"images": [{"id": 1, "file_name": "a/img.png", "height": 480, "width": 640, "detections": 2}, ...],
      "detections": [{"image_id": 1, "file_name": "a/img.png", "bbox": [x, y, w, h], "score": 0.93,
                      "category_id": 17, "category": "cat", "level": "p3"}, ...],
+     (tiled: each detection also has "tile": [x0, y0, x1, y1], or "full" for the full-image pass)
      "skipped": [{"id": 2, "file_name": "b/broken.jpg", "error": "..."}]}
 
 * ``images``: every image that was processed, with the number of its detections, zero included, so that
@@ -14,6 +15,8 @@
   in the original image's pixels, ``score``) plus ``file_name``, ``category`` (the class name) and
   ``level``, the pyramid level whose RoI produced the box, named as the levels are (``"p3"``). Never a
   placeholder slot (the ``"N/A"`` ids of torchvision's COCO layout: see :mod:`fpn.detection.classes`).
+  Tiled (``tile=``, see :mod:`fpn.engine.tiling`): ``tile``, the tile the detection came from, in the
+  original image's pixels, or ``"full"`` for the full-image pass; the merged boxes are in the image's pixels.
 * ``file_name``: the image's path relative to the folder holding all the inputs, ``/``-separated; unique
   even when two folders each hold an ``img.png``, and the bare file name when the inputs share a folder.
 * ``id``: the inputs numbered from 1 in the order they are listed (sorted paths).
@@ -41,6 +44,7 @@ from fpn.data.images import list_images, open_image
 from fpn.detection import FasterRCNN
 from fpn.detection.classes import keep_labels, label_mask
 from fpn.device import resolve_device
+from fpn.engine.tiling import FULL_IMAGE, TileOptions, detect_tiled
 from fpn.errors import ConfigError, DataError, ImageError
 
 log = logging.getLogger(__name__)
@@ -59,24 +63,27 @@ def to_records(file_name: str, detections: dict[str, torch.Tensor], model: Faste
     """One JSON-ready record per detection, in COCO's results format (``[x, y, w, h]``) plus names."""
     config = model.config
     records = []
-    for box, score, label, level in zip(
+    tiles = detections["tiles"].tolist() if "tiles" in detections else [None] * len(detections["boxes"])
+    for box, score, label, level, tile in zip(
         detections["boxes"].tolist(),
         detections["scores"].tolist(),
         detections["labels"].tolist(),
         detections["levels"].tolist(),
+        tiles,
     ):
         x1, y1, x2, y2 = box
-        records.append(
-            {
-                "image_id": image_id,
-                "file_name": file_name,
-                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                "score": round(score, 5),
-                "category_id": config.category_id(int(label)),
-                "category": config.class_names[int(label) - 1],
-                "level": f"p{int(level)}",
-            }
-        )
+        record = {
+            "image_id": image_id,
+            "file_name": file_name,
+            "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+            "score": round(score, 5),
+            "category_id": config.category_id(int(label)),
+            "category": config.class_names[int(label) - 1],
+            "level": f"p{int(level)}",
+        }
+        if tile is not None:
+            record["tile"] = "full" if tile[0] == FULL_IMAGE else tile
+        records.append(record)
     return records
 
 
@@ -131,6 +138,7 @@ def detect_files(
     dtype: torch.dtype = torch.float32,
     winograd: bool = True,
     classes: Iterable[str | int] | None = None,
+    tiling: TileOptions | None = None,
 ) -> Iterator[DetectResult]:
     """Detections for each image file; an image that cannot be processed yields a result with ``error`` set.
 
@@ -141,6 +149,9 @@ def detect_files(
     The model is put in eval mode on ``device`` and optimized for inference in place, in ``dtype`` and with or
     without Winograd convolutions (see :meth:`FasterRCNN.optimize_for_inference`): reload it to train or save
     it afterwards.
+
+    ``tiling``: detect in overlapping tiles of the image's native pixels, merged (:mod:`fpn.engine.tiling`);
+    the score threshold and classes apply after the merge.
     """
     paths = list(paths)
     wanted = label_mask(model.config, classes)
@@ -155,7 +166,9 @@ def detect_files(
             yield DetectResult(path, name, image_id, error=str(exc))
             continue
         try:
-            out = model([_pixels(image).to(device)])[0]
+            pixels = _pixels(image).to(device)
+            out = model([pixels])[0] if tiling is None else detect_tiled(model, pixels, tiling)
+            del pixels
         except ImageError as exc:  # too thin to resize: checked before any network runs
             yield DetectResult(path, name, image_id, error=f"{path}: {exc}")
             continue
@@ -177,6 +190,7 @@ def detect(
     precision: str = "fp32",
     device: str = "auto",
     classes: Iterable[str | int] | None = None,
+    tile: int | TileOptions | None = None,
 ) -> Iterator[DetectResult]:
     """``fpn detect`` for a Python user: one :class:`DetectResult` per image of ``sources``, in order.
 
@@ -185,14 +199,19 @@ def detect(
     has bf16 instructions, close but not equal); ``device``: ``auto``, ``cpu`` or ``cuda``. Each result's
     ``records`` are the JSON records ``fpn detect`` writes; ``detections`` the tensors (original pixels);
     ``error`` says why an image was skipped. The model is optimized in place (see :func:`detect_files`).
+    ``tile``: a tile size in px (the other settings at their defaults) or :class:`TileOptions`, to detect
+    in overlapping tiles at the image's native resolution (:mod:`fpn.engine.tiling`).
     """
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     if precision not in dtypes:
         raise ConfigError(f"precision must be fp32 or bf16; got {precision!r}")
+    tiling = TileOptions(tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
+    if tiling is not None and not isinstance(tiling, TileOptions):
+        raise ConfigError(f"tile must be a size in px or TileOptions; got {tile!r}")
     paths = list_images(sources)  # checked now, not at the first next(): a typo fails at the call
     return detect_files(
         model, paths, device=resolve_device(device), score_thresh=score_thresh, dtype=dtypes[precision],
-        classes=classes,
+        classes=classes, tiling=tiling,
     )  # fmt: skip
 
 
