@@ -18,7 +18,8 @@ Relative paths are relative to the YAML file's folder. The splits are ``train``,
 other key, a missing key or a missing split raises :class:`~fpn.errors.ConfigError` naming the file and key.
 
 Instead of a YAML path, :func:`load_dataset` accepts the name of a built-in set: ``synthetic`` (see
-:mod:`fpn.data.synthetic`), generated on first use into the cache folder (``$FPN_CACHE`` or ``~/.cache/fpn``).
+:mod:`fpn.data.synthetic`) or ``synthetic-large`` (large scenes, small objects: :mod:`fpn.data.large_scenes`),
+generated on first use into the cache folder (``$FPN_CACHE`` or ``~/.cache/fpn``).
 
 Unreadable images are left out with a warning (see :mod:`fpn.data.scan`) unless loading is strict: pass
 ``strict=True``, or wrap code that loads datasets itself (such as :func:`fpn.engine.train.train`) in
@@ -39,6 +40,7 @@ import yaml
 
 from fpn.data.coco import CocoDataset, parse_categories, read_json
 from fpn.data.dataset import DetectionDataset, Transform
+from fpn.data.large_scenes import make_large_scenes
 from fpn.data.scan import cache_dir
 from fpn.data.synthetic import make_synthetic
 from fpn.data.voc import VOC_CLASSES, VocDataset
@@ -47,7 +49,10 @@ from fpn.errors import ConfigError, DataError
 FORMATS = ("coco", "voc")
 SPLITS = ("train", "val", "test")
 #: Built-in data sets: name -> function(cache folder) -> path of its data.yaml.
-BUILTIN = {"synthetic": lambda cache: make_synthetic(cache / "synthetic")}
+BUILTIN = {
+    "synthetic": lambda cache: make_synthetic(cache / "synthetic"),
+    "synthetic-large": lambda cache: make_large_scenes(cache / "synthetic-large"),
+}
 
 _TOP_KEYS = ("format", "names", *SPLITS)
 _SPLIT_KEYS = {"coco": ("annotations", "images"), "voc": ("root", "split")}
