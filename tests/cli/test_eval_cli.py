@@ -59,3 +59,15 @@ def test_an_output_that_cannot_be_written_fails_before_evaluating(data, weights,
     assert main(["eval", "--weights", str(weights), "--data", str(data), flag, str(target)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fpn: error:") and str(target) in err[0]
+
+
+def test_tiled_eval_records_tiles_and_settings(data, weights, tmp_path, capsys):
+    metrics, detections = tmp_path / "metrics.json", tmp_path / "detections.json"
+    argv = ["eval", "--weights", str(weights), "--data", str(data), "--device", "cpu", "--tile", "64"]
+    assert main([*argv, "--overlap", "0.25", "--output", str(metrics), "--detections", str(detections)]) == 0
+    saved = json.loads(metrics.read_text())
+    assert saved["tile"] == {"size": 64, "overlap": 0.25, "merge": "greedy", "full_image": False}
+    listed = json.loads(detections.read_text())
+    assert listed and all(len(d["tile"]) == 4 for d in listed)
+    assert main(["eval", "--weights", str(weights), "--data", str(data), "--full-image"]) == 2
+    assert "--full-image needs --tile" in capsys.readouterr().err

@@ -14,7 +14,9 @@ from torch import nn
 
 from fpn.config import ModelConfig
 from fpn.data import load_dataset, make_synthetic
-from fpn.engine.evaluate import METRICS, evaluate, format_metrics, format_per_level, per_level_table
+from fpn.data.large_scenes import LargeScenesConfig, make_large_scenes
+from fpn.engine.evaluate import METRICS, coco_metrics, evaluate, format_metrics, format_per_level, per_level_table
+from fpn.engine.tiling import TileOptions, tile_grid
 from fpn.errors import ConfigError
 
 
@@ -176,3 +178,45 @@ def test_images_without_objects_are_fine(tmp_path: Path) -> None:
     result = evaluate(Scripted(dataset.names, outputs), dataset)
     assert all(v is None for v in result["metrics"].values())
     assert len(result["detections"]) == 2
+
+
+def test_a_raised_detection_cap_reads_as_summarize_where_it_does_not_bind(dataset) -> None:
+    detections = evaluate(Scripted(dataset.names, noisy_outputs(dataset)), dataset)["detections"]
+    ground_truth = dataset.coco_ground_truth()
+    assert coco_metrics(ground_truth, detections, max_detections=1000) == coco_metrics(ground_truth, detections)
+
+
+class TileOracle(nn.Module):
+    """Sees the ground truth through each tile, in tile coordinates: objects whole in the tile at score 1,
+    the pieces of those its borders cut at 0.5. Tiles arrive in :func:`tile_grid` order, image by image."""
+
+    def __init__(self, class_names, targets, sizes, size, overlap):
+        super().__init__()
+        self.config = ModelConfig(class_names=list(class_names))
+        self.queue = [(t, tile) for t, (h, w) in zip(targets, sizes) for tile in tile_grid(h, w, size, overlap)]
+
+    def forward(self, crops):
+        outs = []
+        for _ in crops:
+            target, tile = self.queue.pop(0)
+            offset = tile[:2].float().repeat(2)
+            boxes = target["boxes"] - offset
+            clipped = torch.minimum(boxes.clamp(min=0), (tile[2:] - tile[:2]).float().repeat(2))
+            seen = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+            whole = (clipped == boxes).all(dim=1)
+            outs.append(output(clipped[seen], torch.where(whole, 1.0, 0.5)[seen], target["labels"][seen]))
+        return outs
+
+
+def test_tiled_evaluation_scores_a_perfect_tile_detector_100_in_image_coordinates(tmp_path) -> None:
+    config = LargeScenesConfig(num_train=1, num_val=2, train_side=128, min_side=300, max_side=420, cell=48)
+    large = load_dataset(make_large_scenes(tmp_path / "large", config), "val")
+    targets = [large.target(i) for i in range(len(large))]
+    sizes = [(im["height"], im["width"]) for im in large.coco_ground_truth()["images"]]
+    # The shared strip (0.25 x 160 = 40 px) holds the largest object: each is whole in some tile.
+    oracle = TileOracle(large.names, targets, sizes, 160, 0.25)
+    result = evaluate(oracle, large, tiling=TileOptions(160, 0.25, batch=3))
+    assert not oracle.queue  # every tile was run
+    assert result["metrics"]["AP"] == pytest.approx(100.0)
+    assert all(len(d["tile"]) == 4 for d in result["detections"])
+    assert len(result["detections"]) == sum(len(t["boxes"]) for t in targets)  # pieces merged away

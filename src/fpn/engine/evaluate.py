@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from fpn.data.dataset import DetectionDataset, collate
 from fpn.detection.classes import is_placeholder, real_classes
+from fpn.engine.tiling import FULL_IMAGE, TileOptions, detect_tiled
 from fpn.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "A
 SMALL_AREA = 32.0**2
 LARGE_AREA = 96.0**2
 BUCKETS = ("small", "medium", "large")
+#: COCO's per-image cap on detections (``maxDets``) for tiled evaluation: a large scene holds hundreds of
+#: objects, and 100 would cap recall below them; untiled evaluation keeps COCO's 100.
+TILED_MAX_DETECTIONS = 1000
 
 
 def label_to_category(model_names: Sequence[str], dataset: DetectionDataset) -> dict[int, int]:
@@ -101,10 +105,13 @@ def predict(
     device: str | torch.device = "cpu",
     progress: bool = False,
     workers: int = 0,
+    tiling: TileOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Detections for every image of ``dataset`` in COCO results format, with the pyramid ``level`` of each.
 
     ``bbox`` is ``[x, y, w, h]`` in the original image's pixels; ``category_id`` is the dataset's id.
+    ``tiling``: each image is detected in tiles and merged (:func:`fpn.engine.tiling.detect_tiled`), and
+    each detection records its ``tile`` (``[x0, y0, x1, y1]``, or ``"full"`` for the full-image pass).
     """
     mapping = label_to_category(model.config.class_names, dataset)
     was_training = model.training
@@ -115,25 +122,30 @@ def predict(
     bar = tqdm(total=len(dataset), desc="eval", unit="img", leave=False, disable=not progress, file=sys.stderr)
     try:
         for images, targets in loader:
-            outputs = model([image.to(device) for image in images])
+            if tiling is None:
+                outputs = model([image.to(device) for image in images])
+            else:
+                outputs = [detect_tiled(model, image.to(device), tiling) for image in images]
             for output, target in zip(outputs, targets):
                 boxes = output["boxes"].float().cpu()
                 scores = output["scores"].float().cpu().tolist()
                 labels = output["labels"].cpu().tolist()
                 levels = output.get("levels", torch.full((len(labels),), -1)).cpu().tolist()
+                tiles = output["tiles"].tolist() if "tiles" in output else [None] * len(labels)
                 xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-                for box, score, label, level in zip(xywh, scores, labels, levels):
+                for box, score, label, level, tile in zip(xywh, scores, labels, levels, tiles):
                     if label not in mapping:
                         continue
-                    results.append(
-                        {
-                            "image_id": int(target["image_id"]),
-                            "category_id": mapping[label],
-                            "bbox": [round(v, 3) for v in box],
-                            "score": round(float(score), 5),
-                            "level": level_name(int(level)),
-                        }
-                    )
+                    record = {
+                        "image_id": int(target["image_id"]),
+                        "category_id": mapping[label],
+                        "bbox": [round(v, 3) for v in box],
+                        "score": round(float(score), 5),
+                        "level": level_name(int(level)),
+                    }
+                    if tile is not None:
+                        record["tile"] = "full" if tile[0] == FULL_IMAGE else tile
+                    results.append(record)
             bar.update(len(images))
     finally:
         bar.close()
@@ -141,8 +153,14 @@ def predict(
     return results
 
 
-def coco_metrics(ground_truth: dict[str, Any], detections: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """pycocotools' 12 bbox numbers (0-100; ``None`` where a bucket has no ground truth), its prints silenced."""
+def coco_metrics(
+    ground_truth: dict[str, Any], detections: Sequence[dict[str, Any]], max_detections: int = 100
+) -> dict[str, float | None]:
+    """pycocotools' 12 bbox numbers (0-100; ``None`` where a bucket has no ground truth), its prints silenced.
+
+    ``max_detections``: COCO's per-image cap (``maxDets[2]``, 100 by COCO's rules); with another cap the AP
+    numbers and "AR100" are at that cap (AR1 and AR10 stay at 1 and 10).
+    """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -156,21 +174,45 @@ def coco_metrics(ground_truth: dict[str, Any], detections: Sequence[dict[str, An
         else:
             dt = _results(gt, detections)
             evaluator = COCOeval(gt, dt, iouType="bbox")
+            evaluator.params.maxDets = [1, 10, max_detections]
             evaluator.evaluate()
             evaluator.accumulate()
-            evaluator.summarize()
-            stats = evaluator.stats
+            if max_detections == 100:
+                evaluator.summarize()
+                stats = evaluator.stats
+            else:  # summarize() reads its first number at a literal 100: read them all at the cap instead
+                stats = _summary(evaluator.eval)
     logger.debug("pycocotools:\n%s", printed.getvalue().rstrip())
     if stats is None:
         return dict.fromkeys(METRICS)
     return {name: (round(float(v) * 100, 4) if v >= 0 else None) for name, v in zip(METRICS, stats)}
 
 
+def _summary(evaluation: dict[str, Any]) -> list[float]:
+    """COCOeval.summarize's 12 numbers from ``evaluation`` (its ``eval``), at ``maxDets`` index 2 but AR1/AR10.
+
+    ``precision [T, R, K, A, M]`` and ``recall [T, K, A, M]`` (IoU thresholds, recall points, classes, area
+    ranges all/small/medium/large, caps); a mean over the entries above -1, or -1 if there are none.
+    """
+    import numpy as np
+
+    precision, recall = evaluation["precision"], evaluation["recall"]
+
+    def mean(values: Any) -> float:
+        values = values[values > -1]
+        return float(np.mean(values)) if values.size else -1.0
+
+    ap = [mean(precision[:, :, :, 0, 2]), mean(precision[0, :, :, 0, 2]), mean(precision[5, :, :, 0, 2])]
+    ap += [mean(precision[:, :, :, area, 2]) for area in (1, 2, 3)]
+    ar = [mean(recall[:, :, 0, cap]) for cap in (0, 1, 2)] + [mean(recall[:, :, area, 2]) for area in (1, 2, 3)]
+    return ap + ar
+
+
 def _results(gt: Any, detections: Sequence[dict[str, Any]]) -> Any:
     """A results COCO object; ``loadRes`` cannot take an empty list, so build that one by hand."""
     from pycocotools.coco import COCO
 
-    plain = [{k: v for k, v in d.items() if k != "level"} for d in detections]
+    plain = [{k: v for k, v in d.items() if k not in ("level", "tile")} for d in detections]
     if plain:
         return gt.loadRes(plain)
     empty = COCO()
@@ -201,8 +243,12 @@ def evaluate(
     device: str | torch.device = "cpu",
     progress: bool = False,
     workers: int = 0,
+    tiling: TileOptions | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over ``dataset`` and score it.
+
+    ``tiling``: detect each image in tiles, merged in its own coordinates (see :func:`predict`), scored with
+    COCO's per-image cap raised to :data:`TILED_MAX_DETECTIONS`.
 
     Returns ``{"metrics": {AP, AP50, ..., ARl}, "per_level": {...}, "detections": [...], "images": N,
     "classes_not_in_model": [...]}``; see :func:`coco_metrics`, :func:`per_level_table`, :func:`predict` and
@@ -211,8 +257,11 @@ def evaluate(
     label_to_category(model.config.class_names, dataset)  # refuses a model with no class in common
     missing = classes_not_in_model(model.config.class_names, dataset)
     warn_missing_classes(missing, dataset)  # before the long part, so that it can be interrupted
-    detections = predict(model, dataset, batch_size=batch_size, device=device, progress=progress, workers=workers)
-    metrics = coco_metrics(dataset.coco_ground_truth(), detections)
+    detections = predict(
+        model, dataset, batch_size=batch_size, device=device, progress=progress, workers=workers, tiling=tiling
+    )
+    cap = 100 if tiling is None else TILED_MAX_DETECTIONS
+    metrics = coco_metrics(dataset.coco_ground_truth(), detections, max_detections=cap)
     return {
         "metrics": metrics,
         "per_level": per_level_table(detections),
