@@ -44,122 +44,62 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fpn.bench import ProbeFailed, forward_gflops, machine_info, rss_peak_delta_mb, run_probe
+from fpn.bench import ProbeFailed, forward_gflops, machine_info, run_probe
 from fpn.bench.timing import forward_latency
-from fpn.config import DESIGNS, to_dict
+from fpn.compare.configs import (
+    DEFAULT_ITERS,
+    check_designs,
+    check_same_run,
+    compare_config,
+    design_config,
+    trained_design,
+)
+from fpn.compare.probe import memory_probe
 from fpn.data import load_dataset
 from fpn.detection import load_detector, save_detector
 from fpn.device import resolve_device
-from fpn.engine.config import DEMO_TRAIN, RunConfig, build_run_config
+from fpn.engine.config import RunConfig
 from fpn.engine.evaluate import evaluate
-from fpn.engine.step import train_step
-from fpn.engine.train import amp_dtype, has_split, train
+from fpn.engine.train import has_split, train
 from fpn.errors import ConfigError
 from fpn.io import atomic_write_text, read_state_dict
-from fpn.presets import preset
 from fpn.viz.compare_plots import COLUMNS, summary_line, write_report
+
+__all__ = [
+    "COSTS",
+    "DEFAULT_DESIGNS",
+    "DEFAULT_ITERS",
+    "LATENCY_RUNS",
+    "LATENCY_WARMUP",
+    "METRICS",
+    "REFERENCE",
+    "check_designs",
+    "check_same_run",
+    "compare",
+    "compare_config",
+    "derive_image_pyramid",
+    "design_config",
+    "ensure_trained",
+    "measure_memory",
+    "memory_probe",
+    "run_design",
+    "run_metrics",
+    "trained_design",
+    "training_seconds",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Every design of the paper's Figure 1, in its order, then the paper's two ablations.
 DEFAULT_DESIGNS = ("image-pyramid", "single-map", "hierarchy", "fpn", "top-down-only", "finest-only")
-#: Iterations per design by default (batch 2, the demo's cosine schedule, compressed): the whole comparison of
-#: tiny-fpn on the synthetic set must take at most 20 minutes on a 2-core CPU, training being most of it.
-DEFAULT_ITERS = 600
 REFERENCE = "fpn"  # results.md gives every number also as a ratio to this design's
 #: What every design's row holds: the val metrics of its run, then its costs (results.md's columns, in order).
 METRICS = tuple(key for _, key, _, ap_like in COLUMNS if ap_like)
 COSTS = tuple(key for _, key, _, ap_like in COLUMNS if not ap_like)
 LATENCY_RUNS = 10
 LATENCY_WARMUP = 2
-# Train settings that do not change what a run computes: a finished run may differ in these and still count.
-_BOOKKEEPING = ("eval_every", "checkpoint_every", "log_every", "workers", "device")
-
-
-# ------------------------------------------------------------------------------------------- configs
-
-
-def compare_config(
-    *,
-    data: str = "synthetic",
-    model_preset: str = "tiny-fpn",
-    iters: int | None = None,
-    minutes: float | None = None,
-    seed: int = 0,
-    overrides: Sequence[str] = (),
-) -> RunConfig:
-    """The run config every design shares: the preset, the demo's train settings, the budget, then overrides.
-
-    Without ``iters`` and ``minutes`` the budget is :data:`DEFAULT_ITERS` iterations. ``minutes`` alone makes
-    the schedule follow the clock, so cheaper designs get more iterations (and runs do not repeat exactly).
-    """
-
-    for item in overrides:
-        if item.partition("=")[0].strip() in ("model.pyramid.design", "design"):
-            raise ConfigError(f"override {item!r}: the design is what compare varies; list designs instead")
-    if iters is None and minutes is None:
-        iters = DEFAULT_ITERS
-    train_settings = {**DEMO_TRAIN, "iters": iters, "epochs": None, "minutes": minutes, "seed": seed}
-    base = {"model": to_dict(preset(model_preset)), "train": train_settings, "data": data}
-    config = build_run_config(base, overrides=list(overrides))
-    config.validate()
-    return config
-
-
-def check_designs(designs: Sequence[str]) -> list[str]:
-    """The designs as a list, each known and listed once."""
-    designs = list(designs)
-    if not designs:
-        raise ConfigError("designs: none given")
-    for design in designs:
-        if design not in DESIGNS:
-            raise ConfigError(f"unknown design {design!r}; available: {', '.join(DESIGNS)}")
-    if len(set(designs)) != len(designs):
-        raise ConfigError(f"designs: listed more than once: {', '.join(designs)}")
-    return designs
-
-
-def design_config(shared: RunConfig, design: str) -> RunConfig:
-    """A copy of the shared config with ``design``."""
-    config = RunConfig.from_dict(shared.to_dict())
-    config.model.pyramid.design = design
-    return config
-
-
-def trained_design(design: str) -> str:
-    """The design whose training run a design's weights come from (image-pyramid: single-map's)."""
-    return "single-map" if design == "image-pyramid" else design
-
 
 # ------------------------------------------------------------------------------------------ training
-
-
-def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def check_same_run(run_dir: Path, expected: RunConfig) -> None:
-    """Refuse to reuse a run folder trained with another config (class names and bookkeeping aside)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: holds a checkpoint but no config.yaml; not a run of this comparison")
-    saved, wanted = _flat(RunConfig.load(path).to_dict()), _flat(expected.to_dict())
-    ignored = {"model.class_names", "model.category_ids", *(f"train.{k}" for k in _BOOKKEEPING)}
-    differences = [
-        f"{key} {saved.get(key)!r} (wanted {wanted.get(key)!r})"
-        for key in sorted(set(saved) | set(wanted))
-        if key not in ignored and saved.get(key) != wanted.get(key)
-    ]
-    if differences:
-        raise ConfigError(
-            f"{run_dir}: trained with another run config ({'; '.join(differences[:3])}); use another output folder"
-        )
 
 
 def ensure_trained(config: RunConfig, run_dir: Path, *, progress: bool) -> Path:
@@ -233,57 +173,6 @@ def measure_memory(model_path: Path, config: RunConfig, *, threads: int) -> dict
     except ProbeFailed as error:
         logger.warning("%s: memory probe failed (%s); peak memory left out", model_path, error)
         return none
-
-
-def _peak_mib(step: Callable[[], object]) -> float:
-    """Resident-memory rise of one call of ``step`` (MiB; see :mod:`fpn.bench.memory`)."""
-    value, _ = rss_peak_delta_mb(step)
-    if value is None:
-        raise RuntimeError("no /proc/self/status to read the resident-memory peak from")
-    return round(value, 2)
-
-
-def memory_probe(spec: dict[str, Any]) -> dict[str, float]:
-    """The memory subprocess (:func:`fpn.bench.memory.run_probe`): one inference pass, then one training step.
-
-    The step is the training loop's (:func:`fpn.engine.step.train_step`) on the model as ``fpn train`` sets
-    it up (channels-last, Winograd, autocast as the run config says), at the largest training scale.
-    """
-    config = RunConfig.from_dict(spec["run_config"])
-    cfg = config.train
-    model, _ = load_detector(spec["model"])
-    image = load_dataset(config.data, "val")[0][0]
-    train_set = load_dataset(config.data, "train")
-    items = [train_set[i] for i in range(min(cfg.batch_size, len(train_set)))]
-    images, targets = [item[0] for item in items], [item[1] for item in items]
-
-    def infer() -> object:
-        with torch.no_grad():
-            return model([image])
-
-    model.eval()
-    infer()
-    infer_peak = _peak_mib(infer)
-
-    model.train()
-    model.transform.generator = torch.Generator().manual_seed(cfg.seed)
-    model.transform.min_size = [max(config.model.transform.min_size)]  # the worst case of multi-scale training
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.channels_last:
-        model.use_channels_last()
-    if cfg.winograd:
-        model.use_winograd()
-    amp = amp_dtype(torch.device("cpu")) if cfg.amp else None
-
-    def step() -> None:
-        train_step(
-            model, optimizer, images, targets, micro_batch=cfg.micro_batch, amp_dtype=amp, grad_clip=cfg.grad_clip,
-            seed=lambda chunk: torch.manual_seed(cfg.seed),  # the same anchor and RoI samples for every design
-        )  # fmt: skip
-
-    step()  # also creates the momentum buffers, which then count as baseline; the gradients are the step's
-    return {"train_peak_mb": _peak_mib(step), "infer_peak_mb": infer_peak}
 
 
 # ---------------------------------------------------------------------------------------- the comparison
