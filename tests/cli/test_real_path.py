@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from realsize import BOX_TOL, SCORE_TOL, golden, write_photos, write_torchvision_r50
+from realsize import BOX_TOL, SCORE_TOL, assert_same_detections, golden, write_photos, write_torchvision_r50
 
 from fpn.cli import main
 from fpn.detection.classes import label_mask
@@ -66,17 +66,6 @@ def as_tensors(records: list[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-def assert_close_sets(ours: dict, theirs: dict, box_tol: float, score_tol: float) -> None:
-    """Same count; each of ours matched one-to-one to one of theirs with the same label, box and score close."""
-    assert len(ours["boxes"]) == len(theirs["boxes"])
-    distance = torch.cdist(ours["boxes"].double(), theirs["boxes"].double(), p=float("inf"))
-    distance[ours["labels"][:, None] != theirs["labels"][None, :]] = float("inf")
-    nearest = distance.min(dim=1)
-    assert nearest.values.max() <= box_tol, float(nearest.values.max())
-    assert nearest.indices.unique().numel() == len(theirs["boxes"])
-    assert (ours["scores"].double() - theirs["scores"][nearest.indices].double()).abs().max() <= score_tol
-
-
 def without_placeholders(detections: dict) -> dict[str, torch.Tensor]:
     """torchvision's detections less those in COCO's unused "N/A" slots, which fpn never reports."""
     keep = label_mask(r50_fpn())[detections["labels"]]
@@ -108,14 +97,14 @@ def test_detect_with_torchvisions_r50_gives_torchvisions_detections(detect_runs,
     for name in PHOTOS:
         # torchvision's labels index COCO's 91 slots: they are the category ids.
         theirs = without_placeholders(expected[name])
-        assert_close_sets(as_tensors(by_image[file_key(by_image, name)]), theirs, JSON_BOX_TOL, JSON_SCORE_TOL)
+        assert_same_detections(as_tensors(by_image[file_key(by_image, name)]), theirs, JSON_BOX_TOL, JSON_SCORE_TOL)
 
 
 def test_detect_default_path_equals_direct_convolutions(detect_runs):
     fast, plain = read_detections(detect_runs["default"]), read_detections(detect_runs["direct-conv"])
     assert fast.keys() == plain.keys()
     for key in fast:
-        assert_close_sets(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
+        assert_same_detections(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
 
 
 def test_detect_bf16_finds_the_confident_detections(detect_runs):
@@ -230,7 +219,7 @@ def test_trained_model_detects_with_fast_and_plain_paths_alike(trained, photo_da
     fast, plain = read_detections(runs["default"]), read_detections(runs["direct-conv"])
     assert len(fast) == 6 and fast.keys() == plain.keys()
     for key in fast:
-        assert_close_sets(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
+        assert_same_detections(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
     assert len(read_detections(runs["bf16"])) == 6
 
 
