@@ -1,8 +1,19 @@
 """``fpn train --data D``: train a detector into a run folder (config, checkpoints, logs, curves, metrics).
 
-The run config is built from the preset (``--model``, ``--design``), then a run config YAML (``--config``),
-then the flags, then ``key=value`` overrides (``train.lr=0.02``, ``model.rpn.nms_thresh=0.6``; bare train
-keys such as ``lr=0.02`` mean ``train.lr``). Several processes: ``torchrun --nproc_per_node N -m fpn train ...``.
+The run config is built from the preset (``--model``, ``--design``; with ``--weights``, the checkpoint's
+architecture), then a run config YAML (``--config``), then the flags, then ``key=value`` overrides
+(``train.lr=0.02``, ``model.rpn.nms_thresh=0.6``; bare train keys such as ``lr=0.02`` mean ``train.lr``).
+Several processes: ``torchrun --nproc_per_node N -m fpn train ...``.
+
+Fine-tuning: ``--weights W`` starts from a detection checkpoint (a run's model.pt or last.pt, or torchvision's
+fasterrcnn_resnet50_fpn COCO .pth) on the data's own classes. The run takes the checkpoint's architecture,
+norm and frozen stages included (frozen BatchNorm of eps 0 for torchvision's), so --model is refused with it
+and --design accepted only when it names the checkpoint's design: a preset or design given beside W would
+otherwise silently train mostly from scratch. ``model.*`` overrides still apply over it (e.g.
+model.transform.min_size=512), and only the tensors that still fit load. Every tensor whose name and shape fit
+loads; the box predictor's rows of classes the checkpoint shares with the data (by name: COCO's "person",
+"car", ...) are carried over, the others made afresh; one line says what was loaded, re-made and left out.
+A --resume continues from last.pt and never reads W again (the run config keeps it as train.weights).
 
 Ctrl-C (or SIGTERM) stops after the iteration under way with a checkpoint and prints the command that
 resumes; ``--resume`` continues exactly where the run stopped, even after a kill -9. A finished run is left
@@ -13,10 +24,11 @@ from where it was over the added budget (it does not restart).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from fpn.config import to_dict
+from fpn.config import ModelConfig, to_dict
 from fpn.data import strict_loading
 from fpn.engine.config import RunConfig, build_run_config
 from fpn.engine.distributed import dist_info
@@ -40,6 +52,13 @@ def add_parser(subparsers) -> None:
     budget.add_argument("--epochs", type=float, help=f"train for N passes over the training set ({BUDGET_DEFAULT})")
     budget.add_argument(
         "--minutes", type=float, help=f"train for N minutes, the schedule following the clock ({BUDGET_DEFAULT})"
+    )
+    p.add_argument(
+        "--weights",
+        metavar="W",
+        help="fine-tune from this detection checkpoint (model.pt, last.pt, torchvision's fasterrcnn_resnet50_fpn "
+        ".pth): its architecture, the data's classes, shared classes' rows carried over by name; refuses --model "
+        "(default: none, start from the preset's initialisation)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out (a larger budget extends it)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run config's (auto)")
@@ -78,8 +97,37 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         settings["model.pyramid.design"] = args.design
     if not args.data and config_file is None:
         raise ConfigError("--data is required (a dataset YAML or 'synthetic'), or a --config that names one")
-    base = {"model": to_dict(preset(args.model or "tiny-fpn", design=args.design))}
+    if args.weights:
+        settings["train.weights"] = weights_source(args.weights)
+    if args.weights and not args.resume:
+        model = finetuned_model(args)
+    else:
+        model = preset(args.model or "tiny-fpn", design=args.design)
+    base = {"model": to_dict(model)}
     return build_run_config(base, config_file=config_file, settings=settings, overrides=list(args.overrides))
+
+
+def weights_source(weights: str) -> str:
+    """A local file as an absolute path, so that a run restarted from another folder finds it; URLs as given."""
+    return weights if weights.startswith(("http://", "https://")) else os.path.abspath(weights)
+
+
+def finetuned_model(args: argparse.Namespace) -> ModelConfig:
+    """The checkpoint's architecture, refusing a --model or --design that contradicts it."""
+    from fpn.detection.finetune import checkpoint_model_config
+
+    if args.model:
+        raise ConfigError(
+            f"{args.weights}: --model cannot be combined with --weights, the run takes the checkpoint's "
+            "architecture; leave --model out"
+        )
+    model = checkpoint_model_config(args.weights)
+    if args.design and args.design != model.pyramid.design:
+        raise ConfigError(
+            f"{args.weights}: --design {args.design} contradicts the checkpoint's design "
+            f"'{model.pyramid.design}'; leave --design out"
+        )
+    return model
 
 
 def first_free(folder: Path) -> Path:
@@ -91,7 +139,9 @@ def first_free(folder: Path) -> Path:
 
 
 def default_out(args: argparse.Namespace) -> Path:
-    """``runs/<model>[-<design>]``, numbered if it exists."""
+    """``runs/<model>[-<design>]`` (fine-tuning: ``runs/<checkpoint>-finetune``), numbered if it exists."""
+    if args.weights and not args.model:
+        return first_free(Path("runs") / f"{Path(args.weights).stem}-finetune")
     return first_free(Path("runs") / ((args.model or "tiny-fpn") + (f"-{args.design}" if args.design else "")))
 
 

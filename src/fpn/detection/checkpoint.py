@@ -12,8 +12,10 @@ weights-only and writing atomic, through :mod:`fpn.io`.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,18 +82,30 @@ def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Pa
     return atomic_save(payload, path)
 
 
-def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | None = None):
-    """Rebuild a detector from a checkpoint alone: the project's format, or torchvision's layout.
+@dataclass
+class DetectorCheckpoint:
+    """A detector checkpoint read and recognised: its kind, the model config it describes, its weights.
 
-    Returns ``(model, checkpoint_dict)``; the model is on the CPU in eval mode.
+    ``weights`` are in this project's module names whatever the file's layout; ``config`` is the
+    architecture and the checkpoint's own classes (torchvision's COCO layout: COCO's 91 slots).
     """
+
+    source: str
+    kind: str  # "fpn" (the project's model.pt / last.pt) or "torchvision" (fasterrcnn_resnet50_fpn)
+    config: dict[str, Any]
+    weights: Mapping[str, Any]
+    state: dict[str, Any]  # the whole file, for its other entries (iteration, metrics, ...)
+
+
+def read_detector(source: str | os.PathLike) -> DetectorCheckpoint:
+    """Read a detector checkpoint (weights-only) and recognise its layout, or refuse it in one line."""
     source = str(source)
     state = read_state_dict(source)
     if state.get("format") == FORMAT:
         if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), Mapping):
             raise CheckpointError(f"{source}: fpn checkpoint without 'config' and 'model' entries")
-        config_dict, weights = state["config"], state["model"]
-    elif is_torchvision_layout(state):
+        return DetectorCheckpoint(source, "fpn", state["config"], state["model"], state)
+    if is_torchvision_layout(state):
         weights = convert_torchvision(state, source=source)
         config = r50_fpn()
         # torchvision runs its COCO checkpoint with FrozenBatchNorm eps = 0 (overwrite_eps); to get its
@@ -103,15 +117,22 @@ def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | No
         if classes.shape[0] != config.num_classes:
             # A fine-tuned torchvision model: same architecture, its own classes (names unknown).
             config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
-        config_dict = to_dict(config)
-    else:
-        raise CheckpointError(
-            f"{source}: neither an fpn checkpoint nor a torchvision fasterrcnn_resnet50_fpn state dict"
-        )
+        return DetectorCheckpoint(source, "torchvision", to_dict(config), weights, state)
+    raise CheckpointError(f"{source}: neither an fpn checkpoint nor a torchvision fasterrcnn_resnet50_fpn state dict")
+
+
+def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | None = None):
+    """Rebuild a detector from a checkpoint alone: the project's format, or torchvision's layout.
+
+    Returns ``(model, checkpoint_dict)``; the model is on the CPU in eval mode.
+    """
+    checkpoint = read_detector(source)
+    source, config_dict = checkpoint.source, checkpoint.config
     if config_overrides:
-        config_dict = apply_overrides(config_dict, list(config_overrides))
+        config_dict = apply_overrides(copy.deepcopy(config_dict), list(config_overrides))
     config = from_dict(ModelConfig, config_dict, where=source)
     config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
     model = FasterRCNN(config)
-    load_matching(model, weights, source=source, what=f"the '{config.pyramid.design}' detector its config describes")
-    return model.eval(), state
+    what = f"the '{config.pyramid.design}' detector its config describes"
+    load_matching(model, checkpoint.weights, source=source, what=what)
+    return model.eval(), checkpoint.state

@@ -34,7 +34,7 @@ def real_classes(names: Sequence[str]) -> list[str]:
     return [name for name in names if not is_placeholder(name)]
 
 
-def _fold(name: str) -> str:
+def fold_name(name: str) -> str:
     """A name as a user may type it: ``Traffic_Light`` finds ``traffic light``."""
     return " ".join(name.replace("_", " ").casefold().split())
 
@@ -51,8 +51,8 @@ def select_labels(config: ModelConfig, classes: Iterable[str | int], *, what: st
     """
     real = [(label, name) for label, name in enumerate(config.class_names, start=1) if not is_placeholder(name)]
     exact = {name: label for label, name in real}
-    counts = Counter(_fold(name) for _, name in real)
-    folded = {_fold(name): label for label, name in real if counts[_fold(name)] == 1}  # only unambiguous ones
+    counts = Counter(fold_name(name) for _, name in real)
+    folded = {fold_name(name): label for label, name in real if counts[fold_name(name)] == 1}  # only unambiguous ones
     by_id = {config.category_id(label): label for label, _ in real}
     labels = []
     for token in classes:
@@ -73,8 +73,8 @@ def _label(token: str | int, exact: dict, folded: dict, by_id: dict) -> int | No
     text = str(token).strip()
     if text in exact:
         return exact[text]
-    if _fold(text) in folded:
-        return folded[_fold(text)]
+    if fold_name(text) in folded:
+        return folded[fold_name(text)]
     return by_id.get(int(text)) if text.isdigit() else None
 
 

@@ -69,6 +69,11 @@ class TrainConfig:
     # An unreadable image stops the run with an error naming it, instead of being left out (up front) or
     # skipped (during the run) with a warning; `fpn train --strict` (see fpn.data.scan).
     strict: bool = False
+    # A detection checkpoint the run starts from (`fpn train --weights`; fpn.detection.finetune): the tensors
+    # whose name and shape fit load, the box predictor's class rows remapped by class name. Applied only when a
+    # run starts, never on resume (the run's own checkpoint holds its weights); kept here so that a run says
+    # where it started.
+    weights: str | None = None
 
     def validate(self) -> None:
         """Reject settings no run can use, naming the key."""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass, field
@@ -135,17 +136,21 @@ def resolved_config(run_config: RunConfig | None, checkpoint: dict[str, Any] | N
         d.pop("class_names"), d.pop("category_ids")  # filled in from the data; the preset's do not matter
     if saved_model != given_model:
         raise ConfigError(f"{where}: the model config differs from the run's; resume with the run's config.yaml")
+    started, given = saved.train.weights, run_config.train.weights
+    if given is not None and given != started:
+        began = f"from --weights {started}" if started else "without --weights"
+        raise ConfigError(f"{where}: the run started {began}; a resume continues from its checkpoint, not from {given}")
     changed = [
         f"{k} {getattr(saved.train, k)} -> {getattr(run_config.train, k)}"
         for k in saved.train.__dict__
-        if getattr(saved.train, k) != getattr(run_config.train, k) and k not in BUDGET_KEYS  # see run_plan
-    ]
+        if getattr(saved.train, k) != getattr(run_config.train, k) and k not in (*BUDGET_KEYS, "weights")
+    ]  # the budget: see run_plan; the weights: where the run started, which a resume does not change
     if changed:
         exact = all(c.split()[0] in RUNTIME_KEYS for c in changed)
         logger.warning(
             "resuming with changed train settings%s: %s", "" if exact else " (not exact)", "; ".join(changed)
         )
-    saved.train = run_config.train
+    saved.train = dataclasses.replace(run_config.train, weights=started)
     return saved
 
 
@@ -212,5 +217,6 @@ def run_plan(
     where = f"of {new}" if old == new else f"with the budget {old} -> {new}"
     schedule = Schedule.from_config(config.train)
     how = continuation(schedule, saved, plan, state.iteration, state.elapsed, where=str(run_dir / "last.pt"))
-    say("resuming %s at iteration %d %s; %s", run_dir, state.iteration, where, how)
+    began = f" (fine-tuned from --weights {config.train.weights})" if config.train.weights else ""
+    say("resuming %s at iteration %d %s%s; %s", run_dir, state.iteration, where, began, how)
     return plan

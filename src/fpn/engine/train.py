@@ -16,6 +16,11 @@ SIGTERM stops after the iteration under way with a checkpoint (:mod:`fpn.engine.
 moment, even while writing a checkpoint, resumes from the last one it wrote; and a file that cannot be
 written (full disk, read-only folder) stops the run with one line naming it, the earlier files intact.
 
+Fine-tuning: with ``train.weights`` (``fpn train --weights``) a run starts from a detection checkpoint, the
+tensors that fit loaded and the box predictor's class rows remapped by class name
+(:func:`fpn.detection.finetune.init_from_checkpoint`, which logs its one-line summary); a resume continues
+from ``last.pt`` and never reads those weights again.
+
 Reproducibility: the data order and every random draw (flips, multi-scale sizes, anchor and RoI sampling)
 derive from ``(seed, iteration, slot in the global batch)`` (see :mod:`fpn.engine.distributed`). So
 ``resume=True`` after an interruption continues with the same batches and draws and, on the CPU, ends
@@ -46,6 +51,7 @@ from torch import nn
 from fpn.data import load_dataset, load_spec, resolve_data
 from fpn.data.dataset import DetectionDataset
 from fpn.detection import FasterRCNN, save_detector
+from fpn.detection.finetune import init_from_checkpoint
 from fpn.device import resolve_device
 from fpn.engine import distributed as ddp
 from fpn.engine.config import RunConfig
@@ -166,6 +172,12 @@ def _train(
 
     dataset = _training_set(config)
     model = FasterRCNN(config.model).to(device)
+    if checkpoint is None and cfg.weights:
+        # Every process loads the same file into the same seeded model: the same weights everywhere, with no
+        # collective (and DDP broadcasts rank 0's at its construction anyway).
+        report = init_from_checkpoint(model, cfg.weights, config.model.class_names)
+        if info.is_main:
+            logger.info("%s", report.summary())
     model.transform.generator = torch.Generator().manual_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
