@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,52 @@ def test_weights_that_contradict_the_flags_or_do_not_fit_exit_2_naming_the_file(
     err = one_error_line(capsys)
     assert f"{unfitting}: no tensor fits" in err
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_two_processes_fine_tune_as_one(sets: dict[str, Path], trained_ab: Path, tmp_path: Path) -> None:
+    """Every rank loads the same file into the same seeded model: torchrun's weights are one process's."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    env["OMP_NUM_THREADS"] = "1"
+    argv = ["train", "--data", str(sets["bc"]), "--weights", str(trained_ab), "--iters", "2", "--device", "cpu"]
+    argv += [*FAST, "train.micro_batch=1"]
+    ddp_run, single_run = tmp_path / "ddp", tmp_path / "single"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "fpn"]
+    done = subprocess.run(
+        [*command, *argv, "--out", str(ddp_run)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sum(line.startswith(f"--weights {trained_ab}: loaded") for line in done.stderr.splitlines()) == 1
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        argv[argv.index("train.batch_size=1")] = "train.batch_size=2"  # one process, the same global batch
+        assert main([*argv, "--out", str(single_run)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    got, expected = read_state_dict(ddp_run / "model.pt")["model"], read_state_dict(single_run / "model.pt")["model"]
+    for key in expected:
+        assert torch.allclose(got[key], expected[key], rtol=1e-4, atol=1e-5), key
+
+
+@pytest.mark.real
+def test_fine_tuning_torchvision_coco_onto_person_and_car(tmp_path: Path, caplog) -> None:
+    """The COCO checkpoint's architecture (frozen BN, eps 0) on a two-class set of COCO names, one step."""
+    from class_sets import renamed_set
+    from realsize import write_torchvision_r50
+
+    from fpn.data import make_synthetic
+
+    coco = write_torchvision_r50(tmp_path / "fasterrcnn_resnet50_fpn_coco.pth")
+    data = make_synthetic(tmp_path / "set", num_train=2, num_val=1, image_size=96)
+    names = renamed_set(data, {1: "person", 2: "car"}, "coco-names")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(names), "--weights", str(coco), "--out", str(run), "--iters", "1", *FAST]
+    with caplog.at_level(logging.INFO):
+        assert main([*argv, "model.transform.min_size=96", "model.transform.max_size=128"]) == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--weights")]
+    assert "carried over 2 (person, car), dropped 78 of the checkpoint's; left out: none" in line
+    config = RunConfig.load(run / "config.yaml")
+    assert config.model.backbone.depth == 50 and config.model.backbone.norm == "frozen_bn"
+    assert config.model.backbone.bn_eps == 0.0 and config.model.class_names == ["person", "car"]
