@@ -161,3 +161,14 @@ def test_torchvision_coco_rows_carry_over_to_coco_names(tmp_path: Path) -> None:
         "roi_heads.box_predictor.cls_score/bbox_pred for 0 new classes, carried over 2 (person, car), "
         "dropped 78 of the checkpoint's; left out: none"
     )
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_from_its_weights(
+    sets: dict[str, Path], trained_ab: Path, tmp_path: Path, caplog
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(run_config(sets["bc"], "train.iters=1", f"train.weights={trained_ab}").to_yaml())
+    with caplog.at_level(logging.INFO, logger="fpn.engine.train"):
+        train(None, run, resume=True, progress=False)
+    assert any(r.getMessage().startswith(f"--weights {trained_ab}: loaded") for r in caplog.records)
