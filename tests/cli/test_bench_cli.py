@@ -63,7 +63,10 @@ def test_layers(tmp_path, capsys):
     # Every dense call of the optimized forward pass is replayed: the same FLOPs as the record's own count.
     assert record["layers"]["executed_gflops"] == pytest.approx(record["executed_gflops"], rel=1e-9)
     out = capsys.readouterr().out
-    assert "dense calls timed alone" in out and "convolution" in out  # fused: mkldnn._convolution_pointwise
+    # Which calls are the slowest depends on the machine's minute (a convolution, or Winograd's bmm): check
+    # that the printed list is the record's, not what is in it.
+    assert "dense calls timed alone" in out
+    assert all(call["call"].split()[0] in out for call in record["layers"]["slowest"])
 
 
 def test_exact_is_in_the_command(tmp_path):
