@@ -66,7 +66,7 @@ def test_layers(tmp_path, capsys):
     # Which calls are the slowest depends on the machine's minute (a convolution, or Winograd's bmm): check
     # that the printed list is the record's, not what is in it.
     assert "dense calls timed alone" in out
-    assert all(call["call"].split()[0] in out for call in record["layers"]["slowest"])
+    assert all(call["call"] in out for call in record["layers"]["slowest"][:3])  # the three it prints
 
 
 def test_exact_is_in_the_command(tmp_path):
