@@ -1,4 +1,6 @@
-"""``fpn anchors --data D``: object sizes of a data set against a model's anchor sizes and RoI levels."""
+"""``fpn anchors --data D``: object sizes of a data set against a model's anchor sizes and RoI levels, and a
+tile size for ``--tile``: the largest whose resize brings the objects' 10th percentile to half the smallest
+anchor (or that tiling is not needed, or that smaller anchors are)."""
 
 from __future__ import annotations
 
@@ -56,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"anchor sizes {summary['anchor_sizes']}; RoI levels {summary['roi_levels']}")
     for note in result.notes:
         print(f"- {note}")
+    if result.tile is not None:
+        print(result.tile.line)
     print(f"picture -> {args.out}")
     return 0

@@ -5,11 +5,21 @@ object we also compute the best IoU any anchor shape (size x aspect ratio, centr
 an object whose best IoU is below the RPN's positive threshold (0.7) is found only through the matcher's
 "best anchor" fallback, and below 0.5 it is poorly served; small objects under the smallest anchor are the
 usual case, and the fix is smaller anchors (the paper's point: FPN makes fine levels worth using).
+
+The other fix is tiling (:func:`recommend_tile`): cut the images into tiles of ``T`` native pixels, which the
+model's resize enlarges by ``min_size / T``. The rule: the 10th percentile of object sizes should reach at least
+half the smallest anchor after that resize (half, because the note above calls objects under half the smallest
+anchor poorly served: the rule leaves at most about a tenth of them there). So ``T`` is the largest multiple of
+32 whose scale brings that percentile up to the target, clamped to ``[min_size / 4, image side]``. Tiling is not
+needed when the model's normal resize already gets there; a tile under ``min_size`` means an input scale > 1
+(the tile is enlarged), where smaller anchors are the alternative; and when even the smallest tile falls short,
+smaller anchors are the only way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -28,6 +38,7 @@ class AnchorFit:
     anchor_sizes: list[float]
     level_ranges: dict[str, tuple[float, float]]  # RoI level -> size range the paper's rule assigns to it
     notes: list[str]
+    tile: TileAdvice | None = field(default=None)
 
     def summary(self) -> dict:
         count = len(self.sizes)
@@ -41,17 +52,92 @@ class AnchorFit:
             "anchor_sizes": self.anchor_sizes,
             "roi_levels": {k: [round(a, 1), round(b, 1)] for k, (a, b) in self.level_ranges.items()},
             "notes": self.notes,
+            "suggested_tile": None if self.tile is None else self.tile.summary(),
         }
 
 
-def object_sizes(dataset: DetectionDataset, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Widths and heights ``[M]`` of every object, scaled as the model's test-time resize scales its image."""
+@dataclass(frozen=True)
+class TileAdvice:
+    """A tile size for ``--tile`` (``None``: tiling not needed or nothing to measure), the scale the model's resize
+    then applies, the object size it reaches, and the sentence that says why."""
+
+    tile: int | None
+    scale: float
+    reached: float
+    line: str
+
+    def summary(self) -> dict:
+        return {
+            "tile": self.tile,
+            "scale": round(self.scale, 3),
+            "reached_px": round(self.reached, 1),
+            "why": self.line,
+        }
+
+
+def recommend_tile(
+    native: np.ndarray,
+    model: np.ndarray,
+    image_side: int,
+    min_size: int,
+    smallest_anchor: float,
+    *,
+    percentile: float = 10.0,
+    fraction: float = 0.5,
+) -> TileAdvice:
+    """The tile size ``T`` whose resize (scale ``min_size / T``) brings the ``percentile`` of object sizes
+    (``native``: native pixels) to ``fraction`` of ``smallest_anchor``; ``model`` are the same objects at the
+    model's normal resize, which decides whether tiling is needed at all."""
+    target = fraction * smallest_anchor
+    want = f"half the smallest anchor ({smallest_anchor:g} px)" if fraction == 0.5 else f"{target:g} px"
+    if len(native) == 0:
+        return TileAdvice(None, 1.0, 0.0, "suggested: no tile (no objects to measure)")
+    p_native, p_model = float(np.percentile(native, percentile)), float(np.percentile(model, percentile))
+    name = f"objects' {percentile:g}th percentile"
+    if p_model >= target:
+        return TileAdvice(
+            None,
+            p_model / p_native,
+            p_model,
+            f"suggested: no tiling needed ({name} is {p_model:.1f} px at the model's normal resize, at least {want})",
+        )
+    low = max(32, 32 * math.ceil(min_size / 4 / 32))
+    tile = 32 * math.floor(min_size * p_native / target / 32)  # the largest multiple of 32 that reaches the target
+    tile = min(tile, max(32 * (image_side // 32), low))  # no larger than the images (the max_size cap made up)
+    smaller = f"anchors.sizes=[{smallest_anchor / 2:g}, ...]"
+    if tile < low:
+        scale = min_size / low
+        return TileAdvice(
+            low,
+            scale,
+            p_native * scale,
+            f"suggested: --tile {low} and smaller anchors ({name} {p_native:.1f} px"
+            f" -> only {p_native * scale:.1f} px at the smallest tile's scale {scale:.2f},"
+            f" under {want}: add {smaller})",
+        )
+    scale = min_size / tile
+    enlarged = f"; input scale > 1, the tile is enlarged: {smaller} is the alternative" if scale > 1 else ""
+    return TileAdvice(
+        tile,
+        scale,
+        p_native * scale,
+        f"suggested: --tile {tile} ({name} {p_native:.1f} px -> {p_native * scale:.1f} px"
+        f" at the model's scale {scale:.2f}, at least {want}{enlarged})",
+    )
+
+
+def object_sizes(
+    dataset: DetectionDataset, config: ModelConfig, *, native: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Widths and heights ``[M]`` of every object, scaled as the model's test-time resize scales its image
+    (``native``: in the image's own pixels)."""
     shorter, longest = config.transform.min_size[-1], config.transform.max_size
     widths, heights = [], []
     for record in dataset.records:
         if len(record.boxes) == 0:
             continue
         scale = min(shorter / min(record.height, record.width), longest / max(record.height, record.width))
+        scale = 1.0 if native else scale
         widths.append((record.boxes[:, 2] - record.boxes[:, 0]) * scale)
         heights.append((record.boxes[:, 3] - record.boxes[:, 1]) * scale)
     if not widths:
@@ -100,7 +186,11 @@ def fit(dataset: DetectionDataset, config: ModelConfig, pool_levels: list[int]) 
             )
     if not notes:
         notes.append("every object is within reach of an anchor shape (best IoU >= 0.5)")
-    return AnchorFit(sizes, best, [float(s) for s in scales], ranges, notes)
+    nw, nh = object_sizes(dataset, config, native=True)
+    sides = [min(r.height, r.width) for r in dataset.records if len(r.boxes)]
+    side = int(np.median(sides)) if sides else 0
+    tile = recommend_tile(np.sqrt(nw * nh), sizes, side, config.transform.min_size[-1], smallest)
+    return AnchorFit(sizes, best, [float(s) for s in scales], ranges, notes, tile)
 
 
 def fit_figure(result: AnchorFit, title: str) -> plt.Figure:
