@@ -64,6 +64,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default: the run config's (auto)")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of leaving it out")
     p.add_argument(
+        "--tile",
+        type=int,
+        metavar="SIZE",
+        help="train on SIZE px tiles cut on the fly from each image (most centred on an object, some anywhere as "
+        "negatives; boxes under train.tile_min_visible=0.5 of their area inside dropped); evaluations during the "
+        "run detect the val images in tiles of SIZE px (default: whole images; `fpn anchors` suggests a SIZE)",
+    )
+    p.add_argument(
         "--config", help="run config YAML (model, train, data), e.g. a RUN/config.yaml (default: none, the preset's)"
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. train.lr=0.02")
@@ -93,6 +101,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         settings["train.device"] = args.device
     if args.strict:
         settings["train.strict"] = True
+    if args.tile is not None:
+        settings["train.tile"] = args.tile
     if args.design:
         settings["model.pyramid.design"] = args.design
     if not args.data and config_file is None:

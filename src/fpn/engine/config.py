@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fpn.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict, to_yaml
+from fpn.data.tiles import check_tile
 from fpn.errors import ConfigError
 from fpn.presets import preset
 
@@ -74,6 +75,11 @@ class TrainConfig:
     # run starts, never on resume (the run's own checkpoint holds its weights); kept here so that a run says
     # where it started.
     weights: str | None = None
+    # Train on tiles of `tile` px cut on the fly from each image (`fpn train --tile`; fpn.data.tiles), boxes cut
+    # by a tile's border kept only with at least `tile_min_visible` of their area inside; evaluation during the
+    # run then detects the val images in tiles of that size too (fpn.engine.tiling).
+    tile: int | None = None
+    tile_min_visible: float = 0.5
 
     def validate(self) -> None:
         """Reject settings no run can use, naming the key."""
@@ -101,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip must be positive (or null), got {self.grad_clip}")
         if self.device not in DEVICES:
             raise ConfigError(f"train.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.tile is not None:
+            check_tile(self.tile, self.tile_min_visible)
 
 
 @dataclass

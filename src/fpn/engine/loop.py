@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from fpn.data import RandomHorizontalFlip
 from fpn.data.dataset import DetectionDataset
+from fpn.data.tiles import TiledDataset
 from fpn.detection import FasterRCNN, save_detector
 from fpn.engine import distributed as ddp
 from fpn.engine.config import RunConfig
@@ -36,6 +37,7 @@ from fpn.engine.run_log import RunLog, progress_line
 from fpn.engine.schedule import Plan, Schedule
 from fpn.engine.step import NonFiniteStep, train_step
 from fpn.engine.stop import StopRequest, TrainingInterrupted
+from fpn.engine.tiling import TileOptions
 from fpn.errors import FpnError
 from fpn.io import atomic_write_text
 
@@ -50,9 +52,10 @@ class TrainingDiverged(FpnError):
 
 
 class KeyedDataset(Dataset):
-    """Items addressed by :class:`~fpn.engine.distributed.ImageSlot`: the slot's key seeds the image's flip."""
+    """Items addressed by :class:`~fpn.engine.distributed.ImageSlot`: the slot's key seeds the image's flip,
+    and its tile when the dataset is tiled."""
 
-    def __init__(self, dataset: DetectionDataset, flip: bool) -> None:
+    def __init__(self, dataset: DetectionDataset | TiledDataset, flip: bool) -> None:
         self.dataset = dataset
         self.flip = flip
 
@@ -60,7 +63,10 @@ class KeyedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, slot: ddp.ImageSlot) -> tuple[torch.Tensor, dict[str, Any], int]:
-        image, target = self.dataset[slot.index]
+        if isinstance(self.dataset, TiledDataset):
+            image, target = self.dataset.sample(slot.index, ddp.derive_seed(slot.key, 3))
+        else:
+            image, target = self.dataset[slot.index]
         if self.flip:
             generator = torch.Generator().manual_seed(ddp.derive_seed(slot.key, 0))
             image, target = RandomHorizontalFlip(0.5, generator)(image, target)
@@ -103,7 +109,7 @@ class Loop:
     def run(
         self,
         state: RunState,
-        dataset: DetectionDataset,
+        dataset: DetectionDataset | TiledDataset,
         val: DetectionDataset | None,
         run_dir: Path,
         *,
@@ -270,7 +276,8 @@ class Loop:
         """Evaluate on the val split in the main process while the others wait."""
         result = None
         if self.info.is_main and val is not None:
-            result = evaluate(self.model, val, batch_size=self.cfg.batch_size, device=self.device)
+            tiling = TileOptions(size=self.cfg.tile) if self.cfg.tile is not None else None
+            result = evaluate(self.model, val, batch_size=self.cfg.batch_size, device=self.device, tiling=tiling)
             record = {"type": "eval", "iteration": iteration, **result["metrics"], "per_level": result["per_level"]}
             self.log.write(record)
             logger.info("iteration %d: %s", iteration, _ap_text(result))

@@ -50,6 +50,7 @@ from torch import nn
 
 from fpn.data import load_dataset, load_spec, resolve_data
 from fpn.data.dataset import DetectionDataset
+from fpn.data.tiles import TiledDataset
 from fpn.detection import FasterRCNN, save_detector
 from fpn.detection.finetune import init_from_checkpoint
 from fpn.device import resolve_device
@@ -91,8 +92,9 @@ def _boxes(dataset: DetectionDataset) -> int:
     return sum(int((~record.iscrowd).sum()) for record in dataset.records)
 
 
-def _training_set(config: RunConfig) -> DetectionDataset:
-    """The train split, refused when it has nothing to learn from; its class names go into the config."""
+def _training_set(config: RunConfig) -> DetectionDataset | TiledDataset:
+    """The train split, refused when it has nothing to learn from; its class names go into the config. With
+    ``train.tile`` its items are tiles cut on the fly (:class:`~fpn.data.tiles.TiledDataset`)."""
     dataset = load_dataset(config.data, "train")
     if _boxes(dataset) == 0:
         raise DataError(
@@ -100,6 +102,9 @@ def _training_set(config: RunConfig) -> DetectionDataset:
         )
     config.model.class_names = list(dataset.names)
     config.model.category_ids = list(dataset.category_ids)
+    cfg = config.train
+    if cfg.tile is not None:
+        return TiledDataset(dataset, cfg.tile, min_visible=cfg.tile_min_visible, seed=cfg.seed)
     return dataset
 
 
