@@ -96,3 +96,28 @@ def test_train_refuses_a_tile_too_small_in_one_line(tmp_path: Path, capsys):
     assert main([*argv, "--iters", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.tile must be a whole number of at least 32 px" in err[0]
+
+
+def test_a_resumed_tiled_run_cuts_the_same_tiles(scenes: Path, tmp_path: Path):
+    import signal
+
+    from fpn.config import to_dict
+    from fpn.engine import build_run_config, train
+    from fpn.engine.stop import TrainingInterrupted
+    from fpn.io import read_state_dict
+    from fpn.presets import preset
+
+    fast = ["train.workers=0", "train.warmup_iters=1", "train.lr=0.01", "train.epochs=null", "train.batch_size=1"]
+    base = {"model": to_dict(preset("micro-fpn")), "data": str(scenes)}
+    config = build_run_config(base, overrides=[*fast, "train.tile=128", "train.iters=4"])
+    whole = train(config, tmp_path / "whole", progress=False)
+
+    def ctrl_c_at_2(iteration: int, losses: dict[str, float]) -> None:
+        if iteration == 2:
+            signal.raise_signal(signal.SIGINT)  # checkpoints iteration 2 and stops
+
+    with pytest.raises(TrainingInterrupted):
+        train(config, tmp_path / "split", progress=False, on_step=ctrl_c_at_2)
+    resumed = train(None, tmp_path / "split", resume=True, progress=False)
+    expected, got = read_state_dict(whole)["model"], read_state_dict(resumed)["model"]
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
