@@ -33,7 +33,8 @@ test-fast: lint
 
 # r50 at 800 px and photo-sized images through every command and fast path (tests marked "real").
 test-real: $(STAMP)
-	$(PY) -m pytest -n 2 -m real tests
+	$(PY) -m pytest -n 2 -m "real and not alone" tests
+	$(PY) -m pytest -m alone tests
 
 demo: $(STAMP)
 	$(VENV)/bin/fpn demo
