@@ -138,3 +138,22 @@ def test_list_images_source_matching_nothing(tmp_path: Path, source: str) -> Non
     (tmp_path / "imgs" / "a.png").write_bytes(b"x")
     with pytest.raises(DataError, match=re.escape(str(tmp_path / source))):
         list_images([tmp_path / "imgs", str(tmp_path / source)])
+
+
+@pytest.mark.real
+def test_aerial_sized_images_open(tmp_path):
+    """16,384 px a side (268 million pixels) is above Pillow's default bomb limit; fpn's raised one lets it in."""
+    path = tmp_path / "aerial.png"
+    Image.new("RGB", (16_384, 16_384), (90, 120, 60)).save(path)
+    assert image_size(path) == (16_384, 16_384)
+
+
+def test_images_above_the_raised_limit_are_refused_in_one_line(tmp_path, monkeypatch):
+    from fpn.data import images
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 300 x 300 is above twice this
+    with pytest.raises(DataError, match="big.png: image is too large to decode safely"):
+        images.open_image(path)
+    assert images.MAX_IMAGE_PIXELS >= 400_000_000 // 2  # 20,000 px a side opens by default

@@ -22,6 +22,16 @@ from fpn.errors import DataError
 #: Extensions (lower case) that :func:`list_images` picks up from folders and globs.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+#: Pillow refuses to open images above 2x ``Image.MAX_IMAGE_PIXELS`` (89.5 million pixels by default, ~13k x 13k)
+#: as possible decompression bombs: a guard for servers decoding strangers' uploads. The aerial, satellite and
+#: microscopy images that tiled detection is for run to 20,000 px a side (400 million pixels, 1.2 GB as RGB),
+#: so fpn raises the limit to 2x this, 1,073 million pixels (32,768 px a side); larger still is refused with
+#: a one-line error. A limit the user has set (anything but Pillow's default) is left as it is.
+MAX_IMAGE_PIXELS = 2**29
+_PILLOW_DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+if Image.MAX_IMAGE_PIXELS == _PILLOW_DEFAULT_MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
 # EXIF orientations 5..8 rotate by 90 or 270 degrees, which swaps width and height.
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
