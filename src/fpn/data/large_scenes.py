@@ -29,15 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fpn.data.coco import write_coco
-from fpn.data.synthetic import (
-    CLASSES,
-    DISTRACTORS,
-    _box_for,
-    _log_uniform,
-    _paint,
-    dataset_stats,
-    write_cached_set,
-)
+from fpn.data.shapes import box_for, log_uniform, paint
+from fpn.data.synthetic import CLASSES, DISTRACTORS, dataset_stats, write_cached_set
 from fpn.errors import DataError
 
 GENERATOR_VERSION = 1
@@ -83,7 +76,7 @@ def render_scene(
     area_units = height * width / 320**2
     for _ in range(int(rng.integers(8, 17) * area_units)):
         tint = tuple(int(v) for v in np.clip(base + rng.normal(0, 14, 3), 0, 255))
-        r = _log_uniform(rng, 8, 160)
+        r = log_uniform(rng, 8, 160)
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
         draw.ellipse([cx - r, cy - r * rng.uniform(0.4, 1), cx + r, cy + r * rng.uniform(0.4, 1)], fill=tint)
     for _ in range(int(rng.integers(3, 9) * area_units)):
@@ -108,9 +101,9 @@ def render_scene(
                 label, kind = 0, DISTRACTORS[rng.integers(len(DISTRACTORS))]
             else:
                 continue
-            w, h = _box_for(rng, _log_uniform(rng, config.min_size, config.max_size), cell)
+            w, h = box_for(rng, log_uniform(rng, config.min_size, config.max_size), cell)
             x, y = left + int(rng.integers(0, cell - w + 1)), top + int(rng.integers(0, cell - h + 1))
-            _paint(canvas, rng, kind, (x, y, w, h), base)
+            paint(canvas, rng, kind, (x, y, w, h), base)
             if label:
                 objects.append(((float(x), float(y), float(x + w), float(y + h)), label))
     canvas += rng.standard_normal(canvas.shape, dtype=np.float32) * rng.uniform(2, 8)
