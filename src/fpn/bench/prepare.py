@@ -24,6 +24,7 @@ from fpn.bench.options import BenchOptions
 from fpn.bench.timing import StageTimer
 from fpn.detection import FasterRCNN, load_detector
 from fpn.engine.config import TrainConfig
+from fpn.engine.inference import precision_dtype
 from fpn.engine.step import train_step
 from fpn.presets import preset
 
@@ -121,7 +122,7 @@ def prepare(options: BenchOptions, device: torch.device) -> Prepared:
     model, name = build_model(options)
     if options.mode == "infer" and not options.exact:
         # What `fpn detect` runs: same results to rounding in fp32 (parity tests); weights cast once in bf16.
-        model.optimize_for_inference(torch.bfloat16 if options.precision == "bf16" else torch.float32)
+        model.optimize_for_inference(precision_dtype(options.precision))
     elif options.mode == "train" and not options.exact:
         model.use_channels_last()  # what `fpn train` runs (train.channels_last and train.winograd default to true)
         if device.type == "cpu":

@@ -22,7 +22,6 @@ import json
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from fpn.cli.options import add_score_thresh, add_tile_options, iou, tile_options, whole_number
@@ -31,7 +30,7 @@ from fpn.data.images import list_images
 from fpn.detection.checkpoint import load_detector
 from fpn.detection.classes import select_labels
 from fpn.device import resolve_device
-from fpn.engine.inference import detect_files, results_json
+from fpn.engine.inference import PRECISIONS, detect_files, precision_dtype, results_json
 from fpn.errors import ConfigError, DataError
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.draw import draw_detections
@@ -104,7 +103,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s: cuda if there is one)")
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16"),
+        choices=tuple(PRECISIONS),
         default="fp32",
         help="bf16: bfloat16 weights and maps, about 2x faster on CPUs with bf16 instructions and on recent GPUs; "
         "detections close to fp32's but not identical (default: %(default)s)",
@@ -169,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         paths,
         device=device,
         score_thresh=args.score_thresh,
-        dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32,
+        dtype=precision_dtype(args.precision),
         winograd=not args.direct_conv,
         classes=args.classes,
         tiling=tiling,

@@ -182,6 +182,17 @@ def detect_files(
         yield DetectResult(path, name, image_id, (image.height, image.width), out, image, records=records)
 
 
+#: The ``--precision`` names of ``fpn detect`` and ``fpn bench``, and the dtype the networks then run in.
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def precision_dtype(name: str) -> torch.dtype:
+    """The dtype of a precision name (:data:`PRECISIONS`); another name is a ConfigError."""
+    if name not in PRECISIONS:
+        raise ConfigError(f"precision must be {' or '.join(PRECISIONS)}; got {name!r}")
+    return PRECISIONS[name]
+
+
 def detect(
     model: FasterRCNN,
     sources: Iterable[str | os.PathLike] | str | os.PathLike,
@@ -202,15 +213,13 @@ def detect(
     ``tile``: a tile size in px (the other settings at their defaults) or :class:`TileOptions`, to detect
     in overlapping tiles at the image's native resolution (:mod:`fpn.engine.tiling`).
     """
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise ConfigError(f"precision must be fp32 or bf16; got {precision!r}")
+    dtype = precision_dtype(precision)
     tiling = TileOptions(tile) if isinstance(tile, int) and not isinstance(tile, bool) else tile
     if tiling is not None and not isinstance(tiling, TileOptions):
         raise ConfigError(f"tile must be a size in px or TileOptions; got {tile!r}")
     paths = list_images(sources)  # checked now, not at the first next(): a typo fails at the call
     return detect_files(
-        model, paths, device=resolve_device(device), score_thresh=score_thresh, dtype=dtypes[precision],
+        model, paths, device=resolve_device(device), score_thresh=score_thresh, dtype=dtype,
         classes=classes, tiling=tiling,
     )  # fmt: skip
 
