@@ -51,7 +51,8 @@ Transform = Callable[[torch.Tensor, Target], tuple[torch.Tensor, Target]]
 class ImageRecord:
     """One image and its (already checked) annotations.
 
-    ``boxes`` are xyxy pixels in the loaded image, clipped to it and of positive size. ``areas`` is what
+    ``boxes`` are xyxy pixels in the loaded image, clipped to it and of positive size, in float64: the values
+    the annotation file gives, exactly (a conversion writes them back unchanged; targets are float32). ``areas`` is what
     COCO evaluation uses to put an object in the small/medium/large bucket: the annotation's own ``area``
     where the file gives one (a segmentation area, for COCO), the box area otherwise.
     """
@@ -61,7 +62,7 @@ class ImageRecord:
     path: Path
     height: int
     width: int
-    boxes: np.ndarray  # float32 [N, 4]
+    boxes: np.ndarray  # float64 [N, 4]
     labels: np.ndarray  # int64 [N], 1..K
     iscrowd: np.ndarray  # bool [N]
     areas: np.ndarray  # float64 [N]
@@ -70,7 +71,7 @@ class ImageRecord:
     def empty_annotations() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Zero-length ``boxes, labels, iscrowd, areas`` arrays for an image without objects."""
         return (
-            np.zeros((0, 4), np.float32),
+            np.zeros((0, 4), np.float64),
             np.zeros((0,), np.int64),
             np.zeros((0,), bool),
             np.zeros((0,), np.float64),

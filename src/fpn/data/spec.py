@@ -14,6 +14,20 @@ Pascal VOC layout::
     train: {root: VOCdevkit/VOC2007, split: trainval}
     val:   {root: VOCdevkit/VOC2007, split: test}  # split defaults to the key (train, val, test)
 
+YOLO (Ultralytics) format: an Ultralytics ``data.yaml``, as Ultralytics, Roboflow, CVAT and Label Studio write
+it, is read unchanged. It is recognised by its keys (no ``format:``; ``train``/``val``/``test`` as paths, ``names``
+or ``nc``), or say ``format: yolo``::
+
+    path: /data/people           # optional: the dataset root (default: the YAML's folder)
+    train: images/train          # a folder, a .txt list of images, or a list of those, relative to path
+    val: images/val              # (a Roboflow export's ../valid/images finds valid/images beside the YAML)
+    names: {0: person, 1: car}   # or a list; nc optional, checked against names if given
+
+Each image ``.../images/.../a.jpg`` has its labels in ``.../labels/.../a.txt``, one ``class x_center y_center
+width height`` line per object, normalised to 0..1; a missing or empty file is an image without objects. The
+YAML's rules are in :mod:`fpn.data.yolo_spec`, the label lines' in :mod:`fpn.data.yolo_labels`; unknown keys
+of an Ultralytics YAML are ignored, as Ultralytics ignores them.
+
 Relative paths are relative to the YAML file's folder. The splits are ``train``, ``val`` and ``test``; any
 other key, a missing key or a missing split raises :class:`~fpn.errors.ConfigError` naming the file and key.
 
@@ -44,9 +58,11 @@ from fpn.data.large_scenes import make_large_scenes
 from fpn.data.scan import cache_dir
 from fpn.data.synthetic import make_synthetic
 from fpn.data.voc import VOC_CLASSES, VocDataset
+from fpn.data.yolo import YoloDataset
+from fpn.data.yolo_spec import looks_like_ultralytics, parse_data_yaml
 from fpn.errors import ConfigError, DataError
 
-FORMATS = ("coco", "voc")
+FORMATS = ("coco", "voc", "yolo")
 SPLITS = ("train", "val", "test")
 #: Built-in data sets: name -> function(cache folder) -> path of its data.yaml.
 BUILTIN = {
@@ -77,13 +93,14 @@ def strict_loading(strict: bool = True) -> Iterator[None]:
 @dataclass(frozen=True)
 class SplitSpec:
     """Where one split's files are (absolute paths). COCO uses ``annotations`` and ``images``; VOC uses
-    ``root`` and ``split``."""
+    ``root`` and ``split``; YOLO ``sources`` (image folders and image lists)."""
 
     name: str
     annotations: Path | None = None
     images: Path | None = None
     root: Path | None = None
     split: str | None = None
+    sources: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,8 @@ class DatasetSpec:
     format: str
     names: list[str] | None
     splits: dict[str, SplitSpec] = field(default_factory=dict)
+    category_ids: list[int] | None = None  # YOLO only: the classes' COCO ids, if the YAML keeps them
+    extra_columns: int = 0  # YOLO only: keypoint numbers after each label line's box (kpt_shape)
 
     def split(self, name: str) -> SplitSpec:
         """The split called ``name``, or a ConfigError naming the file and the splits it has."""
@@ -136,11 +155,18 @@ def load_spec(path: str | os.PathLike[str]) -> DatasetSpec:
         raise ConfigError(f"{path}: malformed YAML{at}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a mapping with format, names and splits ({', '.join(SPLITS)})")
+    if data.get("format") == "yolo" or looks_like_ultralytics(data):
+        layout = parse_data_yaml(data, path)
+        splits = {name: SplitSpec(name, sources=sources) for name, sources in layout.splits.items()}
+        return DatasetSpec(path, "yolo", layout.names, splits, layout.category_ids, layout.extra_columns)
     for key in data:
         if key not in _TOP_KEYS:
             raise ConfigError(f"{path}: unknown key {key!r} (expected: {', '.join(_TOP_KEYS)})")
     if "format" not in data:
-        raise ConfigError(f"{path}: missing key 'format' (one of: {', '.join(FORMATS)})")
+        raise ConfigError(
+            f"{path}: missing key 'format' (one of: {', '.join(FORMATS)}; an Ultralytics data.yaml needs train "
+            "or val, and names or nc)"
+        )
     fmt = data["format"]
     if fmt not in FORMATS:
         raise ConfigError(f"{path}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -211,6 +237,19 @@ def load_dataset(
             entry.annotations,
             entry.images,
             names=spec.names,
+            split=split,
+            transform=transform,
+            include_crowd=include_crowd,
+            check_files=check_files,
+            strict=strict,
+        )
+    if spec.format == "yolo":
+        assert spec.names is not None
+        return YoloDataset(
+            entry.sources,
+            spec.names,
+            category_ids=spec.category_ids,
+            extra_columns=spec.extra_columns,
             split=split,
             transform=transform,
             include_crowd=include_crowd,

@@ -53,8 +53,9 @@ class BoxReport:
 def clean_boxes(boxes: np.ndarray, width: int, height: int, report: BoxReport) -> tuple[np.ndarray, np.ndarray]:
     """Drop boxes of zero or negative size, clip the rest to the image, drop those left empty.
 
-    ``boxes`` is ``[N, 4]`` xyxy in pixels. Returns the kept boxes (float32) and the boolean mask of kept
-    input rows, so callers can select the matching labels and flags. Counts go into ``report``.
+    ``boxes`` is ``[N, 4]`` xyxy in pixels. Returns the kept boxes (float64, so that a box keeps the exact value
+    its file gives and ``fpn convert`` can write it back unchanged; targets are cast to float32) and the boolean
+    mask of kept input rows, so callers can select the matching labels and flags. Counts go into ``report``.
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -67,7 +68,7 @@ def clean_boxes(boxes: np.ndarray, width: int, height: int, report: BoxReport) -
     keep = valid & inside
     changed = np.any(clipped != boxes, axis=1)
     report.clipped += int((keep & changed).sum())
-    return clipped[keep].astype(np.float32), keep
+    return clipped[keep], keep
 
 
 def as_number(value: Any, source: str, what: str) -> float:
