@@ -20,6 +20,7 @@ Anything else wrong with a line is a :class:`YoloLabelError` naming the file and
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,9 @@ TOLERANCE = 0.01
 #: Decimal places of the numbers :func:`format_line` writes: 1e-10 of the image's side (1e-7 px at 1,000 px),
 #: so that a value written with up to 10 decimals comes back as it was (see :mod:`fpn.data.convert`).
 DECIMALS = 10
+#: A box edge this close outside 0..1 is put on the border without a word: that is the rounding of printed
+#: numbers (``cx + w / 2`` of a box touching the border), not a box sticking out (1e-6 of 20,000 px is 0.02 px).
+ROUNDING = 1e-6
 _BOX_FIELDS = ("x_center", "y_center", "width", "height")
 
 
@@ -73,7 +77,7 @@ def _listed_images(list_file: Path) -> list[Path]:
         if not text or not is_image_file(text):  # Ultralytics keeps only lines with an image suffix
             continue
         path = Path(text).expanduser()
-        path = path if path.is_absolute() else list_file.parent / path
+        path = Path(os.path.normpath(path if path.is_absolute() else list_file.parent / path))
         if not path.is_file():
             raise DataError(f"{list_file}:{number}: no such image file {text}")
         found.append(path)
@@ -103,7 +107,7 @@ class LabelFile:
     path: Path
     exists: bool = True
     classes: list[int] = field(default_factory=list)
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    boxes: list[tuple[float, ...]] = field(default_factory=list)  # x1, y1, x2, y2
     problems: list[str] = field(default_factory=list)  # "file:line: problem", one per malformed line
     zero_size: list[int] = field(default_factory=list)  # line numbers of boxes of zero width or height
     duplicates: list[int] = field(default_factory=list)  # line numbers repeating an earlier line
@@ -190,6 +194,7 @@ def read_label_file(path: Path, num_classes: int, extra_columns: int = 0) -> Lab
         else:
             xs, ys = values[0::2], values[1::2]
             box = (min(xs), min(ys), max(xs), max(ys))
+        box = tuple(min(max(v, 0.0), 1.0) if -ROUNDING <= v <= 1 + ROUNDING else v for v in box)
         if box[2] <= box[0] or box[3] <= box[1]:
             labels.zero_size.append(number)
             continue

@@ -21,6 +21,7 @@ Keys (everything else, such as Roboflow's ``roboflow:`` block or ``download:``, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,10 @@ def _root(value: Any, yaml_path: Path) -> Path:
 def _source(value: Any, root: Path, yaml_path: Path, key: str) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{yaml_path}: {key} must be a folder or a .txt list of images, got {value!r}")
-    source = root / Path(value).expanduser()
+    # Paths are normalised (a/../b is b), as Ultralytics resolves them, so that file names hold no "..".
+    source = Path(os.path.normpath(root / Path(value).expanduser()))
     if not source.exists() and value.startswith("../"):
-        shorter = root / value[3:]  # Ultralytics' own fallback, which Roboflow's exports rely on
+        shorter = Path(os.path.normpath(root / value[3:]))  # Ultralytics' own fallback, which Roboflow relies on
         if shorter.exists():
             return shorter
     return source
