@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,11 +160,12 @@ class VocDataset(DetectionDataset):
         annotation = tree.getroot()
 
         # The image is <id>.jpg by convention; fall back to the XML's <filename> for tools that use other
-        # extensions. A missing file is reported under the conventional name.
+        # extensions (in the id's folder, for ids with folders: a/b). A missing file is reported under the
+        # conventional name.
         file_name = f"{stem}.jpg"
         listed = annotation.findtext("filename")
         if not (root / "JPEGImages" / file_name).is_file() and listed and listed.strip():
-            candidate = Path(listed.strip()).name
+            candidate = (Path(stem).parent / Path(listed.strip()).name).as_posix()
             if (root / "JPEGImages" / candidate).is_file():
                 file_name = candidate
         image_path = root / "JPEGImages" / file_name
@@ -217,7 +218,8 @@ class VocDataset(DetectionDataset):
 class VocSample:
     """One image for :func:`write_voc`.
 
-    ``image`` is a Pillow image (saved as JPEG, quality 95) or the path of an existing JPEG (copied).
+    ``image`` is a Pillow image (saved as JPEG, quality 95) or the path of an existing image (copied, keeping
+    its suffix: ``<stem>.png`` is found through the XML's ``<filename>``). ``stem`` may hold folders (``a/b``).
     ``boxes`` are xyxy in 0-based continuous pixel coordinates, ``labels`` in ``1..K``.
     """
 
@@ -234,23 +236,35 @@ def _coordinate(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:g}"
 
 
-def write_voc(root: str | os.PathLike[str], split: str, samples: Iterable[VocSample], names: Sequence[str]) -> Path:
+def write_voc(
+    root: str | os.PathLike[str],
+    split: str,
+    samples: Iterable[VocSample],
+    names: Sequence[str],
+    *,
+    place: Callable[[Path, Path], object] = shutil.copyfile,
+) -> Path:
     """Write samples in the VOC layout under ``root`` and list them in ``ImageSets/Main/<split>.txt``.
 
     The inverse of :class:`VocDataset`: box ``(x1, y1, x2, y2)`` is written as
-    ``xmin = x1 + 1, ymin = y1 + 1, xmax = x2, ymax = y2``. Returns ``root``.
+    ``xmin = x1 + 1, ymin = y1 + 1, xmax = x2, ymax = y2``. ``place(source, destination)`` puts an image
+    given by path into ``JPEGImages`` (a copy by default; ``fpn convert --link`` links). Returns ``root``.
     """
     root = Path(root)
     for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     stems = []
     for sample in samples:
-        image_path = root / "JPEGImages" / f"{sample.stem}.jpg"
+        suffix = ".jpg" if isinstance(sample.image, Image.Image) else Path(sample.image).suffix
+        image_path = root / "JPEGImages" / f"{sample.stem}{suffix}"
+        xml_path = root / "Annotations" / f"{sample.stem}.xml"
+        image_path.parent.mkdir(parents=True, exist_ok=True)
+        xml_path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(sample.image, Image.Image):
             sample.image.convert("RGB").save(image_path, quality=95)
             width, height = sample.image.size
         else:
-            shutil.copyfile(sample.image, image_path)
+            place(Path(sample.image), image_path)
             height, width = image_size(image_path)
         annotation = ET.Element("annotation")
         ET.SubElement(annotation, "folder").text = root.name
@@ -275,7 +289,7 @@ def write_voc(root: str | os.PathLike[str], split: str, samples: Iterable[VocSam
                 ET.SubElement(bndbox, tag).text = _coordinate(value)
         tree = ET.ElementTree(annotation)
         ET.indent(tree)
-        tree.write(root / "Annotations" / f"{sample.stem}.xml", encoding="utf-8", xml_declaration=False)
+        tree.write(xml_path, encoding="utf-8", xml_declaration=False)
         stems.append(sample.stem)
     (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{s}\n" for s in stems), encoding="utf-8")
     return root
