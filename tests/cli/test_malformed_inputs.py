@@ -62,6 +62,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     (root / "noobjects.json").write_text(json.dumps(empty))
     split = "{annotations: noobjects.json, images: images/}"
     (root / "noobjects.yaml").write_text(f"format: coco\ntrain: {split}\nval: {split}\n")
+    for name, line in (("yolo_class", "3 0.5 0.5 0.2 0.2"), ("yolo_pixels", "0 60 45 20 20")):
+        (root / name / "images").mkdir(parents=True)
+        (root / name / "images" / "a.png").write_bytes(good)
+        (root / name / "labels").mkdir()
+        (root / name / "labels" / "a.txt").write_text(f"0 0.5 0.5 0.2 0.2\n{line}\n")
+        (root / name / "data.yaml").write_text("train: images\nval: images\nnames: [a, b, c]\n")
     return {"root": root, "weights": weights, "images": images, "data": data}
 
 
@@ -197,6 +203,18 @@ CASES = [
         ["show", "--weights", "{weights}", "{images}/good.png", "--out", "{root}/a_file/s"],
         "a_file",
     ),
+    (
+        "train: YOLO class out of range",
+        ["train", "--data", "{root}/yolo_class/data.yaml", "--model", "micro-fpn", "--out", "{root}/r9"],
+        "labels/a.txt:2: class 3 out of range (names has 3)",
+    ),
+    (
+        "convert: YOLO coordinates in pixels",
+        ["convert", "{root}/yolo_pixels/data.yaml", "--to", "coco", "--output", "{root}/c1"],
+        "labels/a.txt:2: x_center 60 is outside 0..1",
+    ),
+    ("convert: output not empty", ["convert", "{data}", "--to", "yolo", "--output", "{images}"], "images"),
+    ("convert: no such data", ["convert", "{root}/missing.yaml", "--to", "voc", "--output", "{root}/c2"], "missing"),
     ("anchors: no such data", ["anchors", "--data", "{root}/missing.yaml", "--out", "{root}/a.png"], "missing.yaml"),
     ("bench: size that is not HxW", ["bench", "--model", "micro-fpn", "--size", "800xabc"], "800xabc"),
     ("bench: no such weights", ["bench", "--weights", "{root}/missing.pt"], "missing.pt"),

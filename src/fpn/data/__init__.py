@@ -1,14 +1,17 @@
-"""Detection datasets: COCO and Pascal VOC readers, the dataset YAML, a built-in synthetic set, augmentation.
+"""Detection datasets: COCO, Pascal VOC and YOLO readers, the dataset YAML, conversion between the formats, a
+built-in synthetic set, augmentation.
 
 Every dataset yields ``(image, target)`` pairs as described in :mod:`fpn.data.dataset` and can export its
-ground truth in COCO format for evaluation. Use :func:`load_dataset` with a dataset YAML (see
-:mod:`fpn.data.spec`) or the built-in name ``"synthetic"``.
+ground truth in COCO format for evaluation. Use :func:`load_dataset` with a dataset YAML or an Ultralytics
+data.yaml (see :mod:`fpn.data.spec`) or the built-in name ``"synthetic"``; :func:`convert` writes a dataset
+in another format (:mod:`fpn.data.convert`).
 """
 
 from __future__ import annotations
 
 from fpn.data.augment import RandomHorizontalFlip, hflip
 from fpn.data.coco import CocoDataset, read_json, write_coco, write_json
+from fpn.data.convert import Conversion, convert
 from fpn.data.dataset import DetectionDataset, ImageRecord, Target, Transform, collate
 from fpn.data.images import (
     IMAGE_EXTENSIONS,
@@ -41,6 +44,8 @@ from fpn.data.synthetic import (
 )
 from fpn.data.validate import BoxReport, clean_boxes
 from fpn.data.voc import VOC_CLASSES, VocDataset, VocSample, write_voc
+from fpn.data.yolo import YoloDataset
+from fpn.data.yolo_labels import YoloLabelError, label_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -48,6 +53,7 @@ __all__ = [
     "VOC_CLASSES",
     "BoxReport",
     "CocoDataset",
+    "Conversion",
     "DatasetSpec",
     "DetectionDataset",
     "ImageRecord",
@@ -58,13 +64,17 @@ __all__ = [
     "Transform",
     "VocDataset",
     "VocSample",
+    "YoloDataset",
+    "YoloLabelError",
     "cache_dir",
     "clean_boxes",
     "collate",
+    "convert",
     "dataset_names",
     "hflip",
     "image_size",
     "is_image_file",
+    "label_path",
     "list_images",
     "load_dataset",
     "load_image",
