@@ -27,7 +27,7 @@ values in training; the benchmark gives both one size, so they compute alike (to
 from torch's generator per image, fpn does not: the same work, other random samples of anchors and RoIs).
 
 :func:`fpn_to_torchvision_state_dict` renames fpn's state-dict keys to torchvision's (the inverse of
-``fpn.detection.checkpoint.convert_torchvision`` for the keys it knows, plus the GroupNorm entries of the FPN blocks,
+``fpn.detection.torchvision_layouts.FASTER_RCNN`` for the keys it knows, plus the GroupNorm entries of the FPN blocks,
 ``inner_blocks.{i}.1.*`` / ``layer_blocks.{i}.1.*``). :func:`compare` runs images through two detectors and
 checks, with forward hooks, the pyramid maps, the RPN's proposals, the box predictor's outputs and the detections.
 """
@@ -53,7 +53,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fpn.config import ModelConfig
-from fpn.detection.checkpoint import _torchvision_key
+from fpn.detection.torchvision_layouts import faster_rcnn_key
 
 ARCH: dict[int, tuple[type[nn.Module], list[int]]] = {
     18: (BasicBlock, [2, 2, 2, 2]),
@@ -224,7 +224,7 @@ def fpn_to_torchvision_state_dict(state: dict[str, torch.Tensor]) -> dict[str, t
     out = {}
     for key, value in state.items():
         name = torchvision_key(key)
-        back = _torchvision_key(name)
+        back = faster_rcnn_key(name)
         gn_block = key.startswith("pyramid.") and key.count(".") == 4  # conv/norm inside: the converter has none
         if back is not None and back != key and not gn_block:
             raise AssertionError(f"{key} -> {name} -> {back}: the mapping does not invert fpn.detection.checkpoint's")

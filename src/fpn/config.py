@@ -21,6 +21,8 @@ import yaml
 from fpn.errors import ConfigError
 
 DESIGNS = ("fpn", "single-map", "hierarchy", "top-down-only", "finest-only", "image-pyramid")
+#: The detectors over the pyramid: two-stage (RPN + RoI heads) and the one-stage dense heads on P3-P7.
+DETECTORS = ("faster-rcnn", "retinanet", "fcos")
 NORMS = ("frozen_bn", "bn", "gn")
 
 
@@ -42,6 +44,7 @@ class PyramidConfig:
 
     design: str = "fpn"  # one of DESIGNS
     channels: int = 256  # d in the paper
+    finest: str = "c2"  # the finest bottom-up map read: c2 (Faster R-CNN: P2..), c3 (RetinaNet, FCOS: P3..)
     source: str = "c5"  # single-map / image-pyramid only: predict from c5, or c4 (the paper's stronger baseline)
     extra: str = "pool"  # extra coarse levels: none, pool (P6 = stride-2 subsample of P5), p6p7-c5, p6p7-p5
     norm: str = "none"  # none or gn: optional normalisation inside the pyramid's convolutions
@@ -88,6 +91,38 @@ class RoIHeadsConfig:
 
 
 @dataclass
+class RetinaNetConfig:
+    """RetinaNet's dense head and its inference (Lin et al., 2017; torchvision's defaults)."""
+
+    num_convs: int = 4  # 3x3 conv + ReLU layers of each subnet (classification, box regression)
+    prior_prob: float = 0.01  # the classifier's bias starts at -log((1 - p) / p): every anchor "background"
+    scales_per_octave: int = 3  # anchors per size: size * 2^(i / 3), i = 0, 1, 2 (x 3 aspect ratios = 9)
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.4
+    score_thresh: float = 0.05
+    topk_candidates: int = 1000  # per level, before NMS
+    nms_thresh: float = 0.5
+    detections_per_image: int = 300
+
+
+@dataclass
+class FCOSConfig:
+    """FCOS's anchor-free head (Tian et al., 2019; torchvision's defaults)."""
+
+    num_convs: int = 4  # 3x3 conv + GroupNorm + ReLU layers of each tower
+    prior_prob: float = 0.01
+    center_sampling_radius: float = 1.5  # positives lie within radius * stride of a box's centre
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    score_thresh: float = 0.2
+    topk_candidates: int = 1000  # per level, before NMS
+    nms_thresh: float = 0.6
+    detections_per_image: int = 100
+
+
+@dataclass
 class TransformConfig:
     min_size: list[int] = field(default_factory=lambda: [800])  # shorter side; several = multi-scale training
     max_size: int = 1333  # longer side at most
@@ -101,11 +136,14 @@ class ModelConfig:
 
     class_names: list[str] = field(default_factory=list)  # label i+1 is class_names[i]; 0 is background
     category_ids: list[int] | None = None  # the dataset's id for each name (COCO ids); default 1..K
+    detector: str = "faster-rcnn"  # one of DETECTORS: which head reads the pyramid's levels
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     rpn: RPNConfig = field(default_factory=RPNConfig)
-    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)  # faster-rcnn's second stage
+    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)  # read only when detector is retinanet
+    fcos: FCOSConfig = field(default_factory=FCOSConfig)  # read only when detector is fcos
     transform: TransformConfig = field(default_factory=TransformConfig)
 
     @property
@@ -119,7 +157,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Reject settings no model can be built from, naming the key."""
+        _one_of("detector", self.detector, DETECTORS)
         _one_of("pyramid.design", self.pyramid.design, DESIGNS)
+        _one_of("pyramid.finest", self.pyramid.finest, ("c2", "c3", "c4", "c5"))
         _one_of("backbone.norm", self.backbone.norm, NORMS)
         _one_of("backbone.depth", self.backbone.depth, (18, 34, 50, 101))
         _one_of("pyramid.source", self.pyramid.source, ("c4", "c5"))

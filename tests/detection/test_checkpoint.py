@@ -11,7 +11,8 @@ import torch
 
 from fpn.config import to_dict
 from fpn.detection import FasterRCNN
-from fpn.detection.checkpoint import convert_torchvision, is_torchvision_layout, load_detector, save_detector
+from fpn.detection.checkpoint import load_detector, save_detector
+from fpn.detection.torchvision_layouts import FASTER_RCNN
 from fpn.errors import CheckpointError, OutputError
 from fpn.presets import COCO_CLASSES, preset, r50_fpn
 
@@ -165,12 +166,12 @@ def test_fake_state_has_torchvision_key_names(r50_shapes):
     assert state["backbone.fpn.inner_blocks.0.0.weight"].shape == (256, 256, 1, 1)
     assert state["backbone.fpn.inner_blocks.3.0.weight"].shape == (256, 2048, 1, 1)
     assert state["roi_heads.box_head.fc6.weight"].shape == (1024, 256 * 7 * 7)
-    assert is_torchvision_layout(state)
+    assert FASTER_RCNN.recognise(state)
 
 
 def test_old_and_new_torchvision_layouts_convert_alike(r50_shapes):
-    new = convert_torchvision(fake_torchvision_state(r50_shapes), source="new.pth")
-    old = convert_torchvision(fake_torchvision_state(r50_shapes, old_layout=True), source="old.pth")
+    new = FASTER_RCNN.convert(fake_torchvision_state(r50_shapes), "new.pth")[1]
+    old = FASTER_RCNN.convert(fake_torchvision_state(r50_shapes, old_layout=True), "old.pth")[1]
     assert list(new) == list(r50_shapes) == list(old)
 
 
@@ -179,6 +180,47 @@ def check_loaded_values(model: FasterRCNN, shapes) -> None:
     for i, key in enumerate(shapes):
         value = own[key]
         assert value.numel() == 0 or (value.min().item() == i and value.max().item() == i), key
+
+
+def lightning_checkpoint(state: dict[str, torch.Tensor]) -> dict:
+    """What pytorch-lightning saves for a LightningModule holding the detector as ``self.model``."""
+    return {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"model.{key}": value for key, value in state.items()},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]}],
+        "lr_schedulers": [],
+    }
+
+
+@pytest.mark.parametrize("wrapper", ["lightning", "model-prefix", "ddp-module-prefix", "model-entry", "safetensors"])
+def test_wrapped_torchvision_state_dicts_load(tmp_path, r50_shapes, wrapper):
+    state = fake_torchvision_state(r50_shapes)
+    if wrapper == "safetensors":
+        from safetensors.torch import save_file
+
+        path = tmp_path / "model.safetensors"
+        save_file(state, str(path))
+    else:
+        path = tmp_path / f"{wrapper}.ckpt"
+        wrapped = {
+            "lightning": lambda: lightning_checkpoint(state),
+            "model-prefix": lambda: {f"model.{k}": v for k, v in state.items()},
+            "ddp-module-prefix": lambda: {f"module.model.{k}": v for k, v in state.items()},
+            "model-entry": lambda: {"model": state, "iteration": 7},
+        }[wrapper]()
+        torch.save(wrapped, path)
+    model, _ = load_detector(path)
+    assert model.config.class_names == COCO_CLASSES
+    check_loaded_values(model, r50_shapes)
+
+
+def test_wrapper_with_no_known_layout_names_the_file(tmp_path):
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {"model.encoder.weight": torch.zeros(3)}, "epoch": 1}, path)
+    message = error_for(path)
+    assert "neither an fpn checkpoint nor a torchvision" in message and "fasterrcnn_resnet50_fpn" in message
 
 
 def test_torchvision_coco_checkpoint_loads_as_r50_fpn(tmp_path, r50_shapes):
@@ -237,6 +279,7 @@ def test_torchvision_v2_style_keys_are_refused(tmp_path, r50_shapes):
     with pytest.raises(CheckpointError) as info:
         load_detector(path)
     assert str(path) in str(info.value) and one_line(str(info.value))
+    assert "fasterrcnn_resnet50_fpn_v2 is not supported" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ bad files

@@ -22,7 +22,7 @@ import torch
 from fpn.bench.inputs import eval_size, fit_input, synthetic_images, synthetic_targets
 from fpn.bench.options import BenchOptions
 from fpn.bench.timing import StageTimer
-from fpn.detection import FasterRCNN, load_detector
+from fpn.detection import build_detector, load_detector
 from fpn.engine.config import TrainConfig
 from fpn.engine.inference import precision_dtype
 from fpn.engine.step import train_step
@@ -36,7 +36,7 @@ def build_model(options: BenchOptions) -> tuple[torch.nn.Module, str]:
         return model, str(options.weights)
     config = preset(options.model, design=options.design)
     torch.manual_seed(options.seed)  # the same random weights in this process and the memory probe
-    return FasterRCNN(config).eval(), options.model
+    return build_detector(config).eval(), options.model
 
 
 def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

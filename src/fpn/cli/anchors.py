@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
     from fpn.data import load_dataset
-    from fpn.detection import FasterRCNN
+    from fpn.detection import build_detector
     from fpn.detection.checkpoint import load_detector
     from fpn.presets import preset
     from fpn.viz.anchor_fit import fit, fit_figure
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         data = apply_overrides(to_dict(preset(args.model, design=args.design)), list(args.overrides))
         config = from_dict(ModelConfig, data)
         config.class_names = list(dataset.names)
-        model = FasterRCNN(config)
+        model = build_detector(config)
     pool_levels = [lv.index for lv in model.roi_heads.pooler.levels]
     result = fit(dataset, config, pool_levels)
     name = args.weights or f"{args.model} ({config.pyramid.design})"

@@ -15,7 +15,7 @@ import torch
 
 from fpn.bench import eval_size, forward_gflops
 from fpn.config import DESIGNS, ModelConfig
-from fpn.detection import FasterRCNN
+from fpn.detection import build_detector
 from fpn.detection.classes import real_classes
 from fpn.presets import PRESETS, preset
 
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 def count(config: ModelConfig, *, flops: bool = True) -> dict[str, float | int | None]:
     """Parameters and (optionally) GFLOPs of one eval-mode forward pass at the preset's test size."""
     torch.manual_seed(0)
-    model = FasterRCNN(config).eval()
+    model = build_detector(config).eval()
     params = sum(p.numel() for p in model.parameters())
     gflops = None
     if flops:

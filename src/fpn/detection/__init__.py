@@ -1,6 +1,8 @@
-"""The detector on top of the pyramid: anchors, RPN, RoI heads, input transform, Faster R-CNN, checkpoints."""
+"""The detectors on top of the pyramid: the shared trunk, Faster R-CNN (anchors, RPN, RoI heads), checkpoints."""
 
 from fpn.detection.anchors import AnchorGenerator
+from fpn.detection.base import PyramidDetector
+from fpn.detection.build import DETECTOR_CLASSES, build_detector
 from fpn.detection.checkpoint import load_detector, save_detector
 from fpn.detection.faster_rcnn import FasterRCNN
 from fpn.detection.roi_heads import RoIHeads
@@ -8,11 +10,14 @@ from fpn.detection.rpn import RegionProposalNetwork
 from fpn.detection.transform import DetectionTransform
 
 __all__ = [
+    "DETECTOR_CLASSES",
     "AnchorGenerator",
     "DetectionTransform",
     "FasterRCNN",
+    "PyramidDetector",
     "RegionProposalNetwork",
     "RoIHeads",
+    "build_detector",
     "load_detector",
     "save_detector",
 ]

@@ -1,10 +1,12 @@
 """Loading and saving a detector: the project's checkpoints and torchvision's layout.
 
-Two layouts are understood:
+Two kinds of file are understood:
 
 * the project's own checkpoints: ``{"format": "fpn", "config": {...}, "model": state_dict, ...}``;
   the config inside is enough to rebuild the model;
-* torchvision ``fasterrcnn_resnet50_fpn`` state dicts (detected from their keys), converted on load.
+* torchvision detectors' state dicts (:data:`fpn.detection.torchvision_layouts.LAYOUTS`, recognised from their
+  keys), converted on load; also inside the wrappers frameworks save them in (a Lightning checkpoint's
+  ``state_dict``, a ``model.`` prefix, a ``.safetensors`` file): see :func:`unwrap`.
 
 (torchvision ImageNet ResNet state dicts are for the backbone: see :mod:`fpn.backbones`.) Reading is
 weights-only and writing atomic, through :mod:`fpn.io`.
@@ -22,55 +24,37 @@ from typing import Any
 from torch import nn
 
 from fpn.config import ModelConfig, apply_overrides, from_dict, to_dict
-from fpn.detection.faster_rcnn import FasterRCNN
+from fpn.detection.build import build_detector
+from fpn.detection.torchvision_layouts import LAYOUTS
 from fpn.errors import CheckpointError
 from fpn.io import atomic_save, load_matching, read_state_dict
-from fpn.presets import r50_fpn
 
 FORMAT = "fpn"
 
 
-def _torchvision_key(key: str) -> str | None:
-    """Our name for a torchvision ``fasterrcnn_resnet50_fpn`` key (its old and new module layouts), else None.
+def unwrap(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The detector's state dict inside a wrapper, as frameworks built on torchvision save it.
 
-    Only the plain-conv layouts are accepted: ``inner_blocks.{i}[.0].{leaf}``, ``rpn.head.conv[.0.0].{leaf}``.
-    The v2 model (norms inside these blocks: ``inner_blocks.{i}.1.*``) is a different architecture.
+    A Lightning checkpoint's ``state_dict``; a ``{"model": state_dict}`` file (Detectron2 style, and many
+    training scripts); keys prefixed by the attribute that held the model (``model.``, ``module.`` from DDP,
+    ``detector.``), stripped one component at a time while every key shares it and no layout is recognised.
     """
-    parts = key.split(".")
-    if key.startswith("backbone.body."):
-        return "backbone." + key[len("backbone.body.") :]
-    if key.startswith(("backbone.fpn.inner_blocks.", "backbone.fpn.layer_blocks.")):
-        if len(parts) == 5 or (len(parts) == 6 and parts[4] == "0"):
-            index, leaf = int(parts[3]), parts[-1]
-            if parts[2] == "inner_blocks":
-                return f"pyramid.lateral.c{index + 2}.{leaf}"
-            return f"pyramid.smooth.p{index + 2}.{leaf}"
-        return None
-    if key.startswith("rpn.head.conv."):
-        if len(parts) == 4 or (len(parts) == 6 and parts[3:5] == ["0", "0"]):
-            return f"rpn.head.conv.{parts[-1]}"
-        return None
-    if key.startswith(("rpn.head.", "roi_heads.box_head.fc", "roi_heads.box_predictor.")):
-        return key
-    return None
+    for entry in ("state_dict", "model"):
+        inner = state.get(entry)
+        if isinstance(inner, Mapping) and state.get("format") != FORMAT and inner:
+            state = inner
+            break
+    while state and not _recognised(state):
+        heads = {key.split(".", 1)[0] for key in state}
+        if len(heads) != 1 or any("." not in key for key in state):
+            break
+        head = next(iter(heads)) + "."
+        state = {key[len(head) :]: value for key, value in state.items()}
+    return state
 
 
-def is_torchvision_layout(state: Mapping[str, Any]) -> bool:
-    return "backbone.body.conv1.weight" in state and any(k.startswith("backbone.fpn.") for k in state)
-
-
-def convert_torchvision(state: Mapping[str, Any], *, source: str) -> dict[str, Any]:
-    """Rename a torchvision ``fasterrcnn_resnet50_fpn`` state dict to this project's module names."""
-    out = {}
-    for key, value in state.items():
-        ours = _torchvision_key(key)
-        if ours is None:
-            raise CheckpointError(
-                f"{source}: key {key!r} is not part of torchvision's fasterrcnn_resnet50_fpn "
-                "(only that torchvision layout is supported)"
-            )
-        out[ours] = value
-    return out
+def _recognised(state: Mapping[str, Any]) -> bool:
+    return state.get("format") == FORMAT or any(layout.recognise(state) for layout in LAYOUTS)
 
 
 def save_detector(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
@@ -91,7 +75,7 @@ class DetectorCheckpoint:
     """
 
     source: str
-    kind: str  # "fpn" (the project's model.pt / last.pt) or "torchvision" (fasterrcnn_resnet50_fpn)
+    kind: str  # "fpn" (the project's model.pt / last.pt) or "torchvision" (one of its detectors' layouts)
     config: dict[str, Any]
     weights: Mapping[str, Any]
     state: dict[str, Any]  # the whole file, for its other entries (iteration, metrics, ...)
@@ -105,20 +89,16 @@ def read_detector(source: str | os.PathLike) -> DetectorCheckpoint:
         if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), Mapping):
             raise CheckpointError(f"{source}: fpn checkpoint without 'config' and 'model' entries")
         return DetectorCheckpoint(source, "fpn", state["config"], state["model"], state)
-    if is_torchvision_layout(state):
-        weights = convert_torchvision(state, source=source)
-        config = r50_fpn()
-        # torchvision runs its COCO checkpoint with FrozenBatchNorm eps = 0 (overwrite_eps); to get its
-        # detections, so must we. A model fine-tuned from ImageNet weights used 1e-5: backbone.bn_eps=1e-5.
-        config.backbone.bn_eps = 0.0
-        classes = weights.get("roi_heads.box_predictor.cls_score.weight")
-        if classes is None:
-            raise CheckpointError(f"{source}: torchvision layout without roi_heads.box_predictor.cls_score.weight")
-        if classes.shape[0] != config.num_classes:
-            # A fine-tuned torchvision model: same architecture, its own classes (names unknown).
-            config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
-        return DetectorCheckpoint(source, "torchvision", to_dict(config), weights, state)
-    raise CheckpointError(f"{source}: neither an fpn checkpoint nor a torchvision fasterrcnn_resnet50_fpn state dict")
+    weights = unwrap(state)
+    for layout in LAYOUTS:
+        look_alike = layout.refuse(weights)
+        if look_alike is not None:
+            raise CheckpointError(f"{source}: torchvision's {look_alike} is not supported (only {layout.name})")
+        if layout.recognise(weights):
+            config, weights = layout.convert(weights, source)
+            return DetectorCheckpoint(source, "torchvision", to_dict(config), weights, state)
+    known = ", ".join(layout.name for layout in LAYOUTS)
+    raise CheckpointError(f"{source}: neither an fpn checkpoint nor a torchvision state dict ({known})")
 
 
 def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | None = None):
@@ -132,7 +112,7 @@ def load_detector(source: str | os.PathLike, *, config_overrides: list[str] | No
         config_dict = apply_overrides(copy.deepcopy(config_dict), list(config_overrides))
     config = from_dict(ModelConfig, config_dict, where=source)
     config.backbone.weights = None  # the checkpoint's weights replace any ImageNet initialisation
-    model = FasterRCNN(config)
-    what = f"the '{config.pyramid.design}' detector its config describes"
+    model = build_detector(config)
+    what = f"the '{config.pyramid.design}' {config.detector} detector its config describes"
     load_matching(model, checkpoint.weights, source=source, what=what)
     return model.eval(), checkpoint.state

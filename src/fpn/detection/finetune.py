@@ -9,9 +9,11 @@ fresh initialisation; the checkpoint's other classes are dropped. Nothing is ski
 checkpoint holds that does not fit is left out and counted, and :meth:`InitReport.summary` says in one line
 what was loaded, re-made and left out.
 
-The rows follow :class:`~fpn.detection.roi_heads.BoxPredictor`: ``cls_score`` row 0 is background and row
-``k + 1`` is class ``k``; ``bbox_pred`` has four rows per class, ``4(k+1) .. 4(k+1)+3``. Background's rows
-are carried over too: its logit was trained against every class's and is as shared as the box head.
+Each detector names its class-specific tensors and their row layout (``model.class_layers()``, a
+:class:`~fpn.detection.base.ClassRows` each). In Faster R-CNN's box predictor ``cls_score`` row 0 is
+background and row ``k + 1`` is class ``k``; ``bbox_pred`` has four rows per class, ``4(k+1) .. 4(k+1)+3``.
+Background's rows are carried over too: its logit was trained against every class's and is as shared as the
+box head. A one-stage classifier has no background slot, and RetinaNet's has one block of classes per anchor.
 
 :func:`checkpoint_model_config` is the architecture a fine-tuning run takes: the checkpoint's own config, or
 for torchvision's layout the ``r50-fpn`` preset with frozen BatchNorm of eps 0, as
@@ -29,19 +31,11 @@ import torch
 from torch import nn
 
 from fpn.config import ModelConfig, from_dict
+from fpn.detection.base import ClassRows
 from fpn.detection.checkpoint import DetectorCheckpoint, read_detector
 from fpn.detection.classes import fold_name, is_placeholder
 from fpn.errors import CheckpointError
 
-PREDICTOR = "roi_heads.box_predictor"
-CLASS_LAYERS = f"{PREDICTOR}.cls_score/bbox_pred"
-#: The class-specific tensors and their rows per class (background included as class row 0).
-CLASS_ROWS = {
-    f"{PREDICTOR}.cls_score.weight": 1,
-    f"{PREDICTOR}.cls_score.bias": 1,
-    f"{PREDICTOR}.bbox_pred.weight": 4,
-    f"{PREDICTOR}.bbox_pred.bias": 4,
-}
 SHOWN = 3  # names listed in the summary line before "..."
 
 Source = str | os.PathLike | DetectorCheckpoint
@@ -61,15 +55,17 @@ class InitReport:
     carried: list[str] = field(default_factory=list)  # the run's classes whose rows came from the checkpoint
     new: list[str] = field(default_factory=list)  # the run's classes with freshly initialised rows
     dropped: int = 0  # the checkpoint's (real) classes the run does not have
+    class_layers: str = "the class layers"  # their names, shortened, for the summary line
 
     def summary(self) -> str:
         """One line: ``--weights W: loaded N of M tensors; re-made ... for 1 new class (c), carried over 1 (b);
         left out: none``."""
         parts = [f"--weights {self.source}: loaded {len(self.loaded)} of {self.offered} tensors"]
         if self.same_classes:
-            parts.append(f"kept {CLASS_LAYERS} (the same {len(self.carried)} classes)")
+            parts.append(f"kept {self.class_layers} (the same {len(self.carried)} classes)")
         else:
-            made = f"re-made {CLASS_LAYERS} for {_count(len(self.new), 'new class', 'new classes')}{_names(self.new)}"
+            made = f"re-made {self.class_layers} for {_count(len(self.new), 'new class', 'new classes')}"
+            made += _names(self.new)
             made += f", carried over {len(self.carried)}{_names(self.carried)}"
             if self.dropped:
                 made += f", dropped {self.dropped} of the checkpoint's"
@@ -135,7 +131,8 @@ def init_from_checkpoint(model: nn.Module, source: Source, class_names: Sequence
     old_names = list(checkpoint.config.get("class_names") or [])
     own = model.state_dict()
     offered = {}
-    report = InitReport(checkpoint.source, checkpoint.kind, 0)
+    layers = model.class_layers()
+    report = InitReport(checkpoint.source, checkpoint.kind, 0, class_layers=_short(layers))
     for key, value in checkpoint.weights.items():
         if key.endswith("num_batches_tracked") and key not in own:
             continue  # BatchNorm's counter: frozen BatchNorm has none, and it is no weight
@@ -147,7 +144,7 @@ def init_from_checkpoint(model: nn.Module, source: Source, class_names: Sequence
     report.same_classes = names == old_names
     state = dict(own)
     for key, value in offered.items():
-        if key in CLASS_ROWS and not report.same_classes:
+        if key in layers and not report.same_classes:
             continue
         if key not in own:
             report.left_out[key] = "not in the model"
@@ -165,14 +162,24 @@ def init_from_checkpoint(model: nn.Module, source: Source, class_names: Sequence
     if report.same_classes:
         report.carried = list(names)
     else:
-        _remap_classes(report, state, own, offered, old_names, names)
-    report.fresh = [key for key in own if key not in offered and key not in CLASS_ROWS]
+        _remap_classes(report, layers, state, own, offered, old_names, names)
+    report.fresh = [key for key in own if key not in offered and key not in layers]
     model.load_state_dict(state, strict=True)
     return report
 
 
+def _short(layers: dict[str, ClassRows]) -> str:
+    """``roi_heads.box_predictor.cls_score/bbox_pred``: the class layers' module names, common prefix once."""
+    modules = list(dict.fromkeys(key.rpartition(".")[0] for key in layers))
+    prefix = modules[0].rpartition(".")[0] if modules else ""
+    if prefix and all(m.rpartition(".")[0] == prefix for m in modules):
+        return prefix + "." + "/".join(m.rpartition(".")[2] for m in modules)
+    return "/".join(modules)
+
+
 def _remap_classes(
     report: InitReport,
+    layers: dict[str, ClassRows],
     state: dict[str, torch.Tensor],
     own: dict[str, torch.Tensor],
     offered: dict[str, torch.Tensor],
@@ -185,20 +192,22 @@ def _remap_classes(
     fits = all(
         key in offered
         and offered[key].shape[1:] == own[key].shape[1:]
-        and offered[key].shape[0] == rows * (len(old_names) + 1)
-        for key, rows in CLASS_ROWS.items()
+        and offered[key].shape[0] == layout.size(len(old_names))
+        for key, layout in layers.items()
     )
     if not fits:
-        for key in CLASS_ROWS:
+        for key in layers:
             if key in offered:
                 report.left_out[key] = f"shape {_shape(offered[key])} does not fit {_shape(own[key])}"
         report.new = list(names)
         return
-    pairs = [(0, 0)] + [(k + 1, j + 1) for k, j in enumerate(sources) if j is not None]
-    for key, rows in CLASS_ROWS.items():
+    for key, layout in layers.items():
+        bg = int(layout.background)
+        pairs = [(0, 0)] * bg + [(k + bg, j + bg) for k, j in enumerate(sources) if j is not None]
         merged = own[key].detach().clone()
-        for to, of in pairs:
-            merged[to * rows : (to + 1) * rows] = offered[key][of * rows : (of + 1) * rows]
+        for group in range(layout.groups):
+            for to, of in pairs:
+                merged[layout.index(group, to, len(names))] = offered[key][layout.index(group, of, len(old_names))]
         state[key] = merged
     report.carried = [name for name, j in zip(names, sources, strict=True) if j is not None]
     report.new = [name for name, j in zip(names, sources, strict=True) if j is None]

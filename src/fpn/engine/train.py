@@ -51,7 +51,7 @@ from torch import nn
 from fpn.data import load_dataset, load_spec, resolve_data
 from fpn.data.dataset import DetectionDataset
 from fpn.data.tiles import TiledDataset
-from fpn.detection import FasterRCNN, save_detector
+from fpn.detection import build_detector, save_detector
 from fpn.detection.finetune import init_from_checkpoint
 from fpn.device import resolve_device
 from fpn.engine import distributed as ddp
@@ -176,7 +176,7 @@ def _train(
     torch.manual_seed(cfg.seed)  # the same initial weights in every process and every repetition
 
     dataset = _training_set(config)
-    model = FasterRCNN(config.model).to(device)
+    model = build_detector(config.model).to(device)
     if checkpoint is None and cfg.weights:
         # Every process loads the same file into the same seeded model: the same weights everywhere, with no
         # collective (and DDP broadcasts rank 0's at its construction anyway).

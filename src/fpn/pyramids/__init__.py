@@ -28,7 +28,15 @@ __all__ = ["FPN", "Hierarchy", "Pyramid", "SingleMap", "build_pyramid", "top_dow
 
 
 def build_pyramid(config: PyramidConfig, in_levels: Sequence[Level]) -> Pyramid:
-    """The design ``config.design`` on the backbone's ``in_levels`` (``c2..c5``), its output levels checked."""
+    """The design ``config.design`` on the backbone's ``in_levels`` (``c2..c5``), its output levels checked.
+
+    The design reads the levels from ``config.finest`` up (``c3..c5`` for RetinaNet and FCOS, whose P3-P7
+    have no P2: at stride 4 a dense head would cost more than the rest of the detector).
+    """
+    names = [lv.name for lv in in_levels]
+    if config.finest not in names:
+        raise ValueError(f"pyramid.finest {config.finest!r} is not among the backbone's levels {names}")
+    in_levels = list(in_levels)[names.index(config.finest) :]
     d, norm = config.channels, config.norm
     design = config.design
     if design in ("single-map", "image-pyramid"):

@@ -1,0 +1,158 @@
+"""What every detector shares: image -> bottom-up backbone (C-levels) -> pyramid design (P-levels) -> a head.
+
+:class:`PyramidDetector` builds the transform, backbone and pyramid from a :class:`~fpn.config.ModelConfig`
+and owns what does not depend on the head: the level contract's check, inference optimisation (folded
+frozen BatchNorms, channels-last, Winograd, bfloat16) and the refusal to train an optimized model. A
+detector (:class:`~fpn.detection.faster_rcnn.FasterRCNN`, RetinaNet, FCOS) adds its head, reading only
+``self.levels``, never which design produced them, and lists its head's networks in :meth:`_networks`.
+
+Calling convention (as torchvision's): ``model(images)`` in eval mode returns one dict per image with
+``boxes`` [D, 4] (xyxy, original pixels), ``scores`` [D], ``labels`` [D] (1..K) and ``levels`` [D] (the
+pyramid level k that produced each detection); ``model(images, targets)`` in train mode returns a dict of
+losses. Images are [3, H, W] RGB tensors in 0..1 (float) or 0..255 (uint8), or PIL images, of any size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fpn.backbones import build_backbone
+from fpn.backbones.fuse import fold_frozen_batchnorms, let_blocks_overwrite_inputs
+from fpn.config import ModelConfig
+from fpn.detection.transform import DetectionTransform
+from fpn.layers.winograd import use_winograd
+from fpn.levels import check_features
+from fpn.pyramids import build_pyramid
+
+
+@dataclass(frozen=True)
+class ClassRows:
+    """How a class-specific tensor's first dimension is laid out, for fine-tuning to new classes.
+
+    Dimension 0 is ``groups`` blocks (one per anchor shape in RetinaNet's classifier; 1 elsewhere), each of
+    ``slots`` class slots (background first where ``background``, then the classes in order), each of
+    ``rows`` rows (1 for a score, 4 for a class-specific box).
+    """
+
+    rows: int = 1
+    background: bool = True
+    groups: int = 1
+
+    def slots(self, num_classes: int) -> int:
+        """Class slots per group for ``num_classes`` real classes."""
+        return num_classes + int(self.background)
+
+    def size(self, num_classes: int) -> int:
+        return self.groups * self.slots(num_classes) * self.rows
+
+    def index(self, group: int, slot: int, num_classes: int) -> slice:
+        """The rows of class slot ``slot`` (background, if any, is slot 0) in block ``group``."""
+        start = (group * self.slots(num_classes) + slot) * self.rows
+        return slice(start, start + self.rows)
+
+
+class PyramidDetector(nn.Module):
+    """The shared trunk of every detector: transform, backbone and pyramid, and their optimisation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.backbone = build_backbone(config.backbone)
+        self.pyramid = build_pyramid(config.pyramid, self.backbone.levels)
+        # A backbone stage the pyramid never reads would hold parameters without gradients: drop it.
+        self.backbone.truncate(self.pyramid.in_levels[-1].name)
+        self.levels = self.pyramid.levels
+        # Pad to the backbone's coarsest stride (32 for C5, as torchvision does): extra levels above it
+        # (P6, P7) are subsampled with rounding up, so they need no padding of their own.
+        self.transform = DetectionTransform(config.transform, size_divisible=self.backbone.levels[-1].stride)
+        self.last_counts: dict[str, list[int]] = {}  # per-level counts of the last forward, for `fpn show`
+        self.check_features = True
+        self.optimized = False  # see optimize_for_inference
+        self.compute_dtype = torch.float32  # the networks' dtype (bfloat16 after optimize_for_inference(bf16))
+        self.channels_last = False  # see use_channels_last
+
+    def _networks(self) -> tuple[nn.Module, ...]:
+        """The parts that run on feature maps (everything but the transform and box post-processing)."""
+        return (self.backbone, self.pyramid)
+
+    def class_layers(self) -> dict[str, ClassRows]:
+        """The state-dict keys whose size depends on the class count, and their layout (for fine-tuning)."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare its class-specific layers")
+
+    def optimize_for_inference(self, dtype: torch.dtype = torch.float32, winograd: bool = True) -> PyramidDetector:
+        """Fold frozen BatchNorms into their convolutions and run channels-last, optionally in ``dtype``.
+
+        In float32 the detections equal the unoptimized model's (the torchvision parity tests run both).
+        ``winograd`` (float32 only) computes the 3x3 stride-1 convolutions of 128 channels or more with
+        Winograd F(4x4, 3x3) (:mod:`fpn.layers.winograd`): 4x fewer multiplications, float32 results that
+        differ from the direct convolution's by ~1e-5 of the map's range; pass ``False`` for the direct
+        convolutions. ``dtype=torch.bfloat16`` stores the networks' weights in bfloat16 and runs them so (no
+        autocast: weights are cast once, not at every call), while anchors, RoIAlign's sampling, box
+        decoding, scores and NMS stay in float32; its accuracy change is measured, not zero
+        (benchmarks/bf16_accuracy.py); Winograd is not used there (bfloat16 cannot carry its transforms).
+        The weights change shape, so an optimized model can neither train nor be saved: load it again.
+        On the CPU, convolution + shortcut + ReLU run as one oneDNN kernel (:mod:`fpn.layers.conv_pointwise`)
+        that writes each ResNet block's result into the block's input: a forward hook that keeps a block's
+        output sees it overwritten by the next block (the stage outputs C2..C5 are not).
+        """
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"optimize_for_inference supports float32 and bfloat16, not {dtype}")
+        if self.config.backbone.norm == "frozen_bn":
+            fold_frozen_batchnorms(self.backbone)
+            let_blocks_overwrite_inputs(self.backbone)  # fused residual blocks accumulate in place
+        self.use_channels_last()
+        if dtype != torch.float32:
+            for network in self._networks():
+                network.to(dtype)
+        elif winograd:
+            self.use_winograd()
+        # An optimized model never trains: with no parameter asking for gradients, a call with autograd on (a
+        # notebook's) builds no graph, and weights made under inference_mode (as `fpn detect` makes them), which
+        # autograd could not save, are never asked to be.
+        self.requires_grad_(False)
+        self.compute_dtype = dtype
+        self.optimized = True
+        return self.eval()
+
+    def use_winograd(self, min_channels: int = 128) -> int:
+        """Compute the wide 3x3 stride-1 convolutions with Winograd F(4x4, 3x3) on the CPU, in training too.
+
+        The swapped modules keep their parameters, names and state dict (:mod:`fpn.layers.winograd`); float32
+        only (bfloat16 and autocast take the direct convolution), results within ~1e-5 of the map's range of
+        the direct convolution's. Returns how many convolutions were swapped (none in narrow presets: below
+        128 channels (``min_channels``) the transforms cost more than they save).
+        """
+        return use_winograd(self, min_channels)  # one workspace for all layers: they run one after another
+
+    def use_channels_last(self, enabled: bool = True) -> PyramidDetector:
+        """Keep weights and feature maps channels-last (NHWC) in memory, for training or inference.
+
+        oneDNN's CPU convolutions run NHWC directly, while NCHW maps are reordered at every call, so the
+        convolutions run faster forward and backward (measured on the 2-core machine of benchmarks/). The
+        results are the same to float rounding; state dicts keep their keys and shapes.
+        """
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = enabled
+        return self
+
+    def train(self, mode: bool = True) -> PyramidDetector:
+        if mode and getattr(self, "optimized", False):
+            raise RuntimeError("this model was optimized for inference; load it again to train it")
+        return super().train(mode)
+
+    def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""
+        tensors = tensors.to(self.compute_dtype)  # a no-op unless optimized for bf16
+        if self.channels_last:
+            tensors = tensors.contiguous(memory_format=torch.channels_last)
+        bottom_up = self.backbone(tensors)
+        pyramid = self.pyramid(bottom_up)
+        if self.check_features:
+            # Once is enough: the contract holds for every later input once it holds for one.
+            check_features(pyramid, self.levels, producer=f"pyramid '{self.config.pyramid.design}'")
+            self.check_features = False
+        return bottom_up, pyramid
