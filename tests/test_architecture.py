@@ -28,7 +28,11 @@ FLOORS: list[tuple[str, frozenset[str], str]] = [
     ("parts", frozenset({"layers", "ops", "data"}), "network blocks, box geometry, datasets: peers"),
     ("pathways", frozenset({"backbones", "pyramids"}), "bottom-up and top-down pathways: peers over layers"),
     ("detection", frozenset({"detection"}), "detectors and their checkpoints"),
-    ("engine", frozenset({"engine"}), "training step and loop, evaluation, inference over files: no viz, no cli"),
+    (
+        "engine",
+        frozenset({"engine", "export"}),
+        "training, evaluation, inference over files | ONNX export and its onnxruntime runner: peers, no viz, no cli",
+    ),
     ("viz", frozenset({"viz"}), "pictures"),
     ("bench", frozenset({"bench"}), "the instruments of fpn bench"),
     ("compare", frozenset({"compare"}), "the designs side by side"),

@@ -17,7 +17,7 @@ from fpn.errors import FpnError
 from fpn.version import __version__
 
 # Subcommands in the order `fpn --help` lists them; each name is a module fpn.cli.<name>.
-COMMANDS = ("detect", "train", "eval", "demo", "models", "compare", "show", "anchors", "convert", "bench")
+COMMANDS = ("detect", "train", "eval", "export", "demo", "models", "compare", "show", "anchors", "convert", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

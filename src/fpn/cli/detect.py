@@ -5,6 +5,9 @@ category and pyramid level) and the inputs skipped; its format is described in `
 Inputs that cannot be processed (unreadable, too thin for the model) are skipped with a line naming each;
 when none can be, that is an error (exit status 2) and nothing is written.
 
+Weights with a metrics.json beside them (``fpn train``'s run folder, or ``fpn eval --output``) that names a
+best_score_threshold other than --score-thresh get a one-line note saying so; the threshold stays as given.
+
 The checkpoint's settings hold unless changed for this run: --nms-iou, --max-detections, --size and
 --max-size, then any model config key with --set KEY=VALUE, as ``fpn train`` takes them
 (``--set rpn.post_nms_top_n_test=500``; a leading ``model.`` may be kept). --set is a flag, unlike train's
@@ -30,6 +33,7 @@ from fpn.data.images import list_images
 from fpn.detection.checkpoint import load_detector
 from fpn.detection.classes import select_labels
 from fpn.device import resolve_device
+from fpn.engine.eval_curves import best_threshold_beside
 from fpn.engine.inference import PRECISIONS, detect_files, precision_dtype, results_json
 from fpn.errors import ConfigError, DataError
 from fpn.io import atomic_write_text, check_writable
@@ -161,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     check_size(model.config, args)
     if args.classes is not None:
         select_labels(model.config, args.classes, what="--classes")  # an unknown name: said with the flag's name
+    print_threshold_hint(args)
     summaries, records, failed, used = [], [], [], set()
     bar = tqdm(total=len(paths), unit="img", desc="detect", disable=not sys.stderr.isatty())
     for result in detect_files(
@@ -194,6 +199,18 @@ def run(args: argparse.Namespace) -> int:
         + (f"; {len(failed)} skipped" if failed else "")
     )
     return 0
+
+
+def print_threshold_hint(args: argparse.Namespace) -> None:
+    """One line on stderr when the weights' metrics.json found another best-F1 score threshold than the one in
+    use: a suggestion, never a silent change of --score-thresh."""
+    found = best_threshold_beside(args.weights)
+    if found is not None and round(found[0], 2) != round(args.score_thresh, 2):
+        print(
+            f"fpn: note: the best F1 on the val split ({found[1]}) is at --score-thresh {found[0]:.2f} "
+            f"(this run: {args.score_thresh:g})",
+            file=sys.stderr,
+        )
 
 
 def nothing_processed(failed: list[str]) -> DataError:

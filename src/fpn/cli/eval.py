@@ -1,7 +1,10 @@
 """``fpn eval --weights W --data D``: COCO AP/AR of a checkpoint on a dataset split, and which levels detect what.
 
 Classes are matched by name; dataset classes the model lacks are named in a warning (they score 0 AP).
---output holds the metrics, the per-level table (keys "p2", "p3", ...) and classes_not_in_model;
+--output holds the metrics, the per-level table (keys "p2", "p3", ...), classes_not_in_model and
+best_score_threshold (where F1 at IoU 0.5 is highest; ``fpn detect`` suggests it for weights with a
+metrics.json beside them); beside it go curves.json (the plots' numbers) and the plots: pr_curves.png,
+f1_curve.png, confusion_matrix.png, val_grid.png (see ``fpn.viz.eval_plots``; --no-plots leaves them out).
 --detections the detections in COCO's results format plus each one's pyramid "level" ("p3").
 
 --tile PX evaluates tiled detection: each image cut into overlapping tiles of its native pixels, detections
@@ -15,14 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from fpn.cli.options import add_tile_options, tile_options
 from fpn.data import load_dataset
 from fpn.detection.checkpoint import load_detector
 from fpn.device import resolve_device
+from fpn.engine.eval_curves import CURVES_FILE, save_curves
 from fpn.engine.evaluate import evaluate, format_metrics, format_per_level
 from fpn.errors import ConfigError
 from fpn.io import atomic_write_text, check_writable
+from fpn.viz.eval_plots import write_eval_plots
 
 
 def add_parser(subparsers) -> None:
@@ -33,6 +39,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--output", help="write metrics and the per-level table as JSON to this file (default: not written)")
     p.add_argument(
         "--detections", help="also write the detections (COCO results format + level) as JSON (default: not written)"
+    )
+    p.add_argument(
+        "--no-plots", action="store_true", help="write no curves.json and plots beside --output (default: written)"
     )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=2, help="images per forward pass (default: %(default)s)")
@@ -61,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_metrics(result["metrics"]))
     print()
     print(format_per_level(result["per_level"]))
+    best = result["best_score_threshold"]
+    if best is not None:
+        point = result["curves"]["f1"]["best"]
+        print(f"\nbest score threshold {best:.2f} (mean F1 {point['f1']:.3f} at IoU 0.5)")
     if args.output:
         payload = {
             "weights": str(args.weights),
@@ -78,9 +91,15 @@ def run(args: argparse.Namespace) -> int:
             "metrics": result["metrics"],
             "per_level": result["per_level"],
             "classes_not_in_model": result["classes_not_in_model"],
+            "best_score_threshold": best,
         }
         atomic_write_text(json.dumps(payload, indent=2) + "\n", args.output)
         print(f"metrics -> {args.output}")
+        if not args.no_plots and result["curves"] is not None:
+            folder = Path(args.output).parent
+            save_curves(result["curves"], folder)
+            plots = write_eval_plots(result["curves"], folder, dataset)
+            print(f"plots -> {folder}: {CURVES_FILE}, {', '.join(path.name for path in plots)}")
     if args.detections:
         # One detection per line: readable, diffable, and still a single JSON list.
         lines = ",\n".join(json.dumps(d) for d in result["detections"])

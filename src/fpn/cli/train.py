@@ -15,6 +15,10 @@ loads; the box predictor's rows of classes the checkpoint shares with the data (
 "car", ...) are carried over, the others made afresh; one line says what was loaded, re-made and left out.
 A --resume continues from last.pt and never reads W again (the run config keeps it as train.weights).
 
+At the end, beside metrics.json (whose best_score_threshold ``fpn detect`` suggests for the run's weights), the
+final val evaluation's plots: pr_curves.png, f1_curve.png, confusion_matrix.png and val_grid.png (see
+``fpn.viz.eval_plots``), from the curves.json the run writes.
+
 Ctrl-C (or SIGTERM) stops after the iteration under way with a checkpoint and prints the command that
 resumes; ``--resume`` continues exactly where the run stopped, even after a kill -9. A finished run is left
 as it is, unless a larger ``--iters`` / ``--minutes`` extends it: the learning-rate schedule then goes on
@@ -178,5 +182,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"fpn: interrupted; resume with: {resume_command(out, info.world_size)}", file=sys.stderr)
         return 130
     if info.is_main:
+        if model_path.is_file():
+            write_run_plots(config, out)
         print(out)
     return 0 if model_path.is_file() or not info.is_main else 1
+
+
+def write_run_plots(config: RunConfig, out: Path) -> None:
+    """The final val evaluation's plots (:mod:`fpn.viz.eval_plots`), drawn into the run folder from the
+    curves.json the run wrote beside metrics.json (the engine computes, it does not draw)."""
+    from fpn.data import load_dataset
+    from fpn.engine.eval_curves import load_curves
+    from fpn.viz.eval_plots import write_eval_plots
+
+    curves = load_curves(out)
+    if curves is not None:
+        write_eval_plots(curves, out, load_dataset(config.data, "val"))

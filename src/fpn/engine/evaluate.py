@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from fpn.data.dataset import DetectionDataset, collate
 from fpn.detection.classes import is_placeholder, real_classes
+from fpn.engine.eval_curves import curves
 from fpn.engine.tiling import FULL_IMAGE, TileOptions, detect_tiled
 from fpn.errors import ConfigError
 
@@ -161,30 +162,44 @@ def coco_metrics(
     ``max_detections``: COCO's per-image cap (``maxDets[2]``, 100 by COCO's rules); with another cap the AP
     numbers and "AR100" are at that cap (AR1 and AR10 stay at 1 and 10).
     """
+    return metrics_of(coco_evaluation(ground_truth, detections, max_detections))
+
+
+def coco_evaluation(
+    ground_truth: dict[str, Any], detections: Sequence[dict[str, Any]], max_detections: int = 100
+) -> Any:
+    """An evaluated and accumulated ``COCOeval`` of ``detections`` (prints silenced); ``None`` when the
+    ground truth has no objects at all (COCOeval would report -1 everywhere)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     printed = io.StringIO()
+    evaluator = None
     with contextlib.redirect_stdout(printed):
         gt = COCO()
         gt.dataset = copy.deepcopy(ground_truth)  # COCO() and COCOeval add keys to what they are given
         gt.createIndex()
-        if not gt.getAnnIds():
-            stats = None  # nothing to find: COCOeval would report -1 everywhere
-        else:
-            dt = _results(gt, detections)
-            evaluator = COCOeval(gt, dt, iouType="bbox")
+        if gt.getAnnIds():
+            evaluator = COCOeval(gt, _results(gt, detections), iouType="bbox")
             evaluator.params.maxDets = [1, 10, max_detections]
             evaluator.evaluate()
             evaluator.accumulate()
-            if max_detections == 100:
-                evaluator.summarize()
-                stats = evaluator.stats
-            else:  # summarize() reads its first number at a literal 100: read them all at the cap instead
-                stats = _summary(evaluator.eval)
     logger.debug("pycocotools:\n%s", printed.getvalue().rstrip())
-    if stats is None:
+    return evaluator
+
+
+def metrics_of(evaluator: Any) -> dict[str, float | None]:
+    """:data:`METRICS` of a :func:`coco_evaluation` (all ``None`` for ``None``: nothing to find)."""
+    if evaluator is None:
         return dict.fromkeys(METRICS)
+    if evaluator.params.maxDets[-1] == 100:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            evaluator.summarize()
+        logger.debug("pycocotools:\n%s", printed.getvalue().rstrip())
+        stats = evaluator.stats
+    else:  # summarize() reads its first number at a literal 100: read them all at the cap instead
+        stats = _summary(evaluator.eval)
     return {name: (round(float(v) * 100, 4) if v >= 0 else None) for name, v in zip(METRICS, stats)}
 
 
@@ -250,8 +265,10 @@ def evaluate(
     ``tiling``: detect each image in tiles, merged in its own coordinates (see :func:`predict`), scored with
     COCO's per-image cap raised to :data:`TILED_MAX_DETECTIONS`.
 
-    Returns ``{"metrics": {AP, AP50, ..., ARl}, "per_level": {...}, "detections": [...], "images": N,
-    "classes_not_in_model": [...]}``; see :func:`coco_metrics`, :func:`per_level_table`, :func:`predict` and
+    Returns ``{"metrics": {AP, AP50, ..., ARl}, "best_score_threshold": t, "curves": {...}, "per_level": {...},
+    "detections": [...], "images": N, "classes_not_in_model": [...]}``; see :func:`coco_metrics`,
+    :func:`fpn.engine.eval_curves.curves` (the plots' numbers, and the score threshold of the best F1 at IoU
+    0.5; both ``None`` when the split has no objects), :func:`per_level_table`, :func:`predict` and
     :func:`classes_not_in_model` (warned about, since AP averages them in as 0).
     """
     label_to_category(model.config.class_names, dataset)  # refuses a model with no class in common
@@ -261,9 +278,13 @@ def evaluate(
         model, dataset, batch_size=batch_size, device=device, progress=progress, workers=workers, tiling=tiling
     )
     cap = 100 if tiling is None else TILED_MAX_DETECTIONS
-    metrics = coco_metrics(dataset.coco_ground_truth(), detections, max_detections=cap)
+    ground_truth = dataset.coco_ground_truth()
+    evaluator = coco_evaluation(ground_truth, detections, max_detections=cap)
+    plotted = None if evaluator is None else curves(evaluator, ground_truth, detections)
     return {
-        "metrics": metrics,
+        "metrics": metrics_of(evaluator),
+        "best_score_threshold": None if plotted is None else plotted["best_score_threshold"],
+        "curves": plotted,
         "per_level": per_level_table(detections),
         "detections": detections,
         "images": len(dataset),

@@ -30,6 +30,7 @@ from fpn.data.tiles import TiledDataset
 from fpn.detection import FasterRCNN, save_detector
 from fpn.engine import distributed as ddp
 from fpn.engine.config import RunConfig
+from fpn.engine.eval_curves import CURVES_FILE, save_curves
 from fpn.engine.evaluate import evaluate
 from fpn.engine.resume import RunState, rng_states
 from fpn.engine.run_folder import writing
@@ -181,9 +182,13 @@ class Loop:
         if eval_iteration != state.iteration:
             last_eval = self.evaluate(val, state.iteration)
         if last_eval is not None and info.is_main:
-            payload = {"iteration": state.iteration, **{k: last_eval[k] for k in ("metrics", "per_level", "images")}}
+            keys = ("metrics", "best_score_threshold", "per_level", "images")
+            payload = {"iteration": state.iteration, **{k: last_eval.get(k) for k in keys}}
             with writing(run_dir / "metrics.json", "the metrics"):
                 atomic_write_text(json.dumps(payload, indent=2) + "\n", run_dir / "metrics.json")
+            if last_eval.get("curves") is not None:  # the plots' numbers; fpn train draws them (cli: no viz here)
+                with writing(run_dir / CURVES_FILE, "the evaluation's curves"):
+                    save_curves(last_eval["curves"], run_dir)
         return last_eval
 
     def step(

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 #: The files a run writes atomically; a killed write leaves ``.NAME.*.tmp`` beside them.
-RUN_FILES = ("last.pt", "model.pt", "config.yaml", "log.jsonl", "metrics.json", "curves.png")
+RUN_FILES = ("last.pt", "model.pt", "config.yaml", "log.jsonl", "metrics.json", "curves.json", "curves.png")
 
 
 def _reason(exc: OSError) -> str:

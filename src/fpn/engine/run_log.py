@@ -73,12 +73,14 @@ class RunLog:
         FigureCanvasAgg(figure)
         ax_loss, ax_lr, ax_ap = figure.subplots(1, 3)
         its = [r["iteration"] for r in steps]
+        point = "o" if len(steps) == 1 else None  # a line through one point would draw nothing
         for key in [k for k in (steps[0] if steps else {}) if k.startswith("loss")]:
-            ax_loss.plot(its, [r.get(key, math.nan) for r in steps], label=key, lw=2 if key == "loss" else 1)
+            style = {"label": key, "lw": 2 if key == "loss" else 1, "marker": point}
+            ax_loss.plot(its, [r.get(key, math.nan) for r in steps], **style)
         ax_loss.set(title="training losses", xlabel="iteration", yscale="log" if steps else "linear")
         if steps:
             ax_loss.legend(fontsize=7)
-        ax_lr.plot(its, [r["lr"] for r in steps])
+        ax_lr.plot(its, [r["lr"] for r in steps], marker=point)
         ax_lr.set(title="learning rate", xlabel="iteration")
         for key in ("AP", "AP50", "APs", "APl"):
             ax_ap.plot([r["iteration"] for r in evals], [r.get(key) for r in evals], marker="o", label=key)

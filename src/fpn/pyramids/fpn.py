@@ -60,7 +60,9 @@ def add_upsampled(lateral: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
     """
     (height, width), (top_h, top_w) = lateral.shape[-2:], coarse.shape[-2:]
     tracked = torch.is_grad_enabled() and (lateral.requires_grad or coarse.requires_grad)
-    if height == 2 * top_h and width == 2 * top_w and not tracked:
+    # Not under the ONNX tracer: it records the in-place add into the view wrongly (fpn.export), and a
+    # traced `height == 2 * top_h` would freeze this branch into the graph for every input size.
+    if height == 2 * top_h and width == 2 * top_w and not tracked and not torch.jit.is_tracing():
         blocks = lateral.unflatten(3, (top_w, 2)).unflatten(2, (top_h, 2))  # [N, C, h, 2, w, 2]
         blocks += coarse[:, :, :, None, :, None]
         return lateral

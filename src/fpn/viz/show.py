@@ -91,7 +91,7 @@ def detections_by_level(
     if scale > 1:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
         detections["boxes"] = detections["boxes"] * scale
-    drawn = draw_detections(image, detections, model.config.class_names, colour_by="level")
+    drawn = draw_detections(image, detections, model.config.class_names, colour_by="level", legend=False)
     font = ImageFont.load_default()
     rows = [lv for lv in model.levels if lv.index <= 5 or lv.index in LEVEL_COLOURS]
     line = 14
