@@ -35,13 +35,25 @@ from fpn.bench.peak import measure_peak, peak_probe
 from fpn.bench.prepare import Prepared, prepare
 from fpn.bench.run import run_bench
 from fpn.bench.scaling import linear_fit
-from fpn.bench.timing import FORWARD_STAGES, STAGES, StageTimer, Timings, spread, synchronize, time_runs
+from fpn.bench.timing import (
+    FORWARD_STAGES,
+    STAGES,
+    TRUNK_STAGES,
+    StageTimer,
+    Timings,
+    forward_stages,
+    model_stages,
+    spread,
+    synchronize,
+    time_runs,
+)
 
 __all__ = [
     "FORWARD_STAGES",
     "MODES",
     "PRECISIONS",
     "STAGES",
+    "TRUNK_STAGES",
     "BenchOptions",
     "Prepared",
     "ProbeFailed",
@@ -52,9 +64,11 @@ __all__ = [
     "fit_input",
     "format_size",
     "forward_gflops",
+    "forward_stages",
     "linear_fit",
     "machine_info",
     "measure_peak",
+    "model_stages",
     "nominal_gflops",
     "parse_size",
     "peak_probe",

@@ -63,6 +63,9 @@ def scaling(options: BenchOptions, prepared: Prepared, main: Timings, main_gflop
             }
         )
     fit_input(model, height, width)
+    result: dict[str, Any] = {"sizes": points, "size_fit": linear_fit(points)}
+    if not hasattr(model, "rpn"):
+        return result  # a one-stage detector: no proposals to count
 
     key = "post_nms_top_n_test" if options.mode == "infer" else "post_nms_top_n_train"
     rpn_config = model.config.rpn
@@ -84,7 +87,7 @@ def scaling(options: BenchOptions, prepared: Prepared, main: Timings, main_gflop
             )
     finally:
         setattr(rpn_config, key, original)
-    return {"sizes": points, "size_fit": linear_fit(points), "proposals": proposals, "proposals_key": f"rpn.{key}"}
+    return {**result, "proposals": proposals, "proposals_key": f"rpn.{key}"}
 
 
 def linear_fit(points: list[dict[str, Any]]) -> dict[str, float]:

@@ -1,10 +1,11 @@
 """Timing iterations: the clock, a detector's stages, repeated runs and their spread.
 
 Stages are timed by forward hooks on the detector's parts (and a temporary wrapper around
-``transform.postprocess``), i.e. around the very calls ``FasterRCNN.forward`` makes; the model is not
+``transform.postprocess``), i.e. around the very calls the detector's ``forward`` makes; the model is not
 modified. ``transform`` is normalising, resizing and padding, ``backbone`` the bottom-up ResNet, ``pyramid``
-the design's P-levels, ``rpn`` anchors + head + proposal filtering (+ its losses in training), ``roi_heads``
-RoIAlign + box head + per-class NMS (+ losses), ``postprocess`` the rescaling to the user's pixels; in
+the design's P-levels; then the detector's own stages (``model.stages()``): Faster R-CNN's ``rpn`` (anchors +
+head + proposal filtering, + its losses in training) and ``roi_heads`` (RoIAlign + box head + per-class NMS,
++ losses), a one-stage detector's head and decoder; ``postprocess`` is the rescaling to the user's pixels; in
 training the step times ``backward`` and ``optimizer`` (gradient norm and clipping, the update) itself
 (:func:`fpn.engine.step.train_step`'s ``stage``). The stages are disjoint intervals inside one iteration, so
 their sum is at most the iteration's time (the rest is Python glue).
@@ -22,8 +23,19 @@ from typing import Any
 
 import torch
 
-FORWARD_STAGES = ("transform", "backbone", "pyramid", "rpn", "roi_heads")
+TRUNK_STAGES = ("transform", "backbone", "pyramid")  # every detector's; its own follow (model.stages())
+FORWARD_STAGES = (*TRUNK_STAGES, "rpn", "roi_heads")  # Faster R-CNN's
 STAGES = {"infer": (*FORWARD_STAGES, "postprocess"), "train": (*FORWARD_STAGES, "backward", "optimizer")}
+
+
+def forward_stages(model: torch.nn.Module) -> tuple[str, ...]:
+    """The stages of ``model``'s forward: the trunk's, then those its detector names (``model.stages()``)."""
+    return (*TRUNK_STAGES, *model.stages())
+
+
+def model_stages(model: torch.nn.Module, mode: str) -> tuple[str, ...]:
+    """Every stage :class:`StageTimer` and the training step time for ``model`` in ``mode`` (infer, train)."""
+    return (*forward_stages(model), *(("postprocess",) if mode == "infer" else ("backward", "optimizer")))
 
 
 def synchronize(device: torch.device) -> None:
@@ -69,7 +81,7 @@ class StageTimer:
             self._stop(name)
 
     def __enter__(self) -> StageTimer:
-        for name in FORWARD_STAGES:
+        for name in forward_stages(self.model):
             module = getattr(self.model, name)
             self._handles.append(module.register_forward_pre_hook(partial(self._start, name)))
             self._handles.append(module.register_forward_hook(partial(self._stop, name)))
@@ -110,9 +122,7 @@ class Timings:
 
     def stage_medians(self) -> dict[str, float]:
         """Median of each stage over the runs, in pipeline order (a stage absent from a run counts 0 there)."""
-        seen = {name for run in self.stages for name in run}
-        order = [name for stages in STAGES.values() for name in stages]
-        names = sorted(seen, key=lambda name: order.index(name) if name in order else len(order))
+        names = list(dict.fromkeys(name for run in self.stages for name in run))  # the order they ended in
         return {name: statistics.median(run.get(name, 0.0) for run in self.stages) for name in names}
 
 

@@ -182,6 +182,7 @@ def report(result: dict) -> str:
         lines.append(
             f"  size       s/megapixel: {sizes}; fit {fit['fixed_s']:.3f} s + {fit['s_per_megapixel']:.3f} s/MP"
         )
-        props = ", ".join(f"{p['post_nms_top_n']} {p['median_s']:.4f} s" for p in scaling["proposals"])
-        lines.append(f"  proposals  {scaling['proposals_key']}: {props}")
+        if "proposals" in scaling:  # two-stage detectors only
+            props = ", ".join(f"{p['post_nms_top_n']} {p['median_s']:.4f} s" for p in scaling["proposals"])
+            lines.append(f"  proposals  {scaling['proposals_key']}: {props}")
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     model, _ = load_detector(model_path)
 
     # Pictures: confident detections on a few val images, coloured by the level that found them.
-    model.roi_heads.config.score_thresh = args.score_thresh
+    model.output_config.score_thresh = args.score_thresh
     val = load_dataset("synthetic", "val")
     pictures = out / "pictures"
     pictures.mkdir(exist_ok=True)

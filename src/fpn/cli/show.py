@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable(args.out, folder=True)
     boxes = parse_boxes(args.box)
     model, _ = load_detector(args.weights)
-    model.roi_heads.config.score_thresh = args.score_thresh
+    model.output_config.score_thresh = args.score_thresh
     image = open_named_image(args.image)
     try:
         inspection = inspect_image(model, pil_to_tensor(image), boxes)

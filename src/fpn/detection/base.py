@@ -10,11 +10,29 @@ Calling convention (as torchvision's): ``model(images)`` in eval mode returns on
 ``boxes`` [D, 4] (xyxy, original pixels), ``scores`` [D], ``labels`` [D] (1..K) and ``levels`` [D] (the
 pyramid level k that produced each detection); ``model(images, targets)`` in train mode returns a dict of
 losses. Images are [3, H, W] RGB tensors in 0..1 (float) or 0..255 (uint8), or PIL images, of any size.
+
+Hooks a detector provides, so that the commands above it (``fpn bench``, ``show``, ``anchors``, ``detect``)
+never ask which detector they hold:
+
+* :attr:`output_config` is the config section with its inference settings (``score_thresh``, ``nms_thresh``,
+  ``detections_per_image``): ``roi_heads`` for Faster R-CNN, ``retinanet``, ``fcos``
+  (:data:`OUTPUT_SECTIONS`; :func:`output_section` names it for a config, before any model is built);
+* :meth:`stages` names the child modules ``forward`` calls after the pyramid, in order (``("rpn",
+  "roi_heads")``; a one-stage detector's head and its decoder): ``fpn bench`` times each with hooks;
+* :meth:`level_counts` says, per level, what the last forward counted there (anchors, proposals, RoIs,
+  candidates: the detector's own words), from ``self.last_counts``, for ``fpn show``;
+* :meth:`positives` counts, per level, the anchors (or locations) the training assignment makes positive for
+  some ground-truth boxes (``fpn show --box``);
+* :meth:`level_roles` says in a few words which objects each level is meant for (show's legend);
+* :meth:`anchor_sizes` gives each level's anchor sizes (empty for an anchor-free detector), read by
+  :meth:`describe` and ``fpn anchors``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +42,7 @@ from fpn.backbones.fuse import fold_frozen_batchnorms, let_blocks_overwrite_inpu
 from fpn.config import ModelConfig
 from fpn.detection.transform import DetectionTransform
 from fpn.layers.winograd import use_winograd
-from fpn.levels import check_features
+from fpn.levels import check_features, describe
 from fpn.pyramids import build_pyramid
 
 
@@ -82,6 +100,44 @@ class PyramidDetector(nn.Module):
     def class_layers(self) -> dict[str, ClassRows]:
         """The state-dict keys whose size depends on the class count, and their layout (for fine-tuning)."""
         raise NotImplementedError(f"{type(self).__name__} does not declare its class-specific layers")
+
+    @property
+    def output_config(self) -> Any:
+        """The config section with ``score_thresh``, ``nms_thresh`` and ``detections_per_image``."""
+        return getattr(self.config, output_section(self.config))
+
+    def stages(self) -> tuple[str, ...]:
+        """The child modules ``forward`` calls after the pyramid, in order (each timed by ``fpn bench``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its stages")
+
+    def level_counts(self) -> dict[str, dict[str, int]]:
+        """Per level name, what the last forward counted there (its first image, or the batch's sum)."""
+        raise NotImplementedError(f"{type(self).__name__} does not count per level")
+
+    def positives(
+        self, padded_size: Sequence[int], feature_sizes: dict[str, Sequence[int]], boxes: torch.Tensor
+    ) -> dict[str, int]:
+        """Per level name, the anchors or locations training would make positive for ``boxes`` ``[G, 4]``
+        (xyxy, resized-image pixels) on a padded image of ``padded_size`` with maps of ``feature_sizes``."""
+        raise NotImplementedError(f"{type(self).__name__} does not count positives")
+
+    def level_roles(self) -> dict[str, str]:
+        """Per level name, a few words on which objects it is meant for (``"anchors 32-50 px"``)."""
+        sizes = self.anchor_sizes()
+        return {lv.name: f"anchors {min(sizes[lv.name]):g}-{max(sizes[lv.name]):g} px" for lv in self.levels}
+
+    def anchor_sizes(self) -> dict[str, tuple[float, ...]]:
+        """Per level name, its anchor sizes in resized-image pixels; empty for an anchor-free detector."""
+        return {}
+
+    def describe(self) -> str:
+        """The levels the design produces, one per line, with their anchor sizes (if any)."""
+        sizes = self.anchor_sizes()
+        lines = describe(self.levels).splitlines()
+        return "\n".join(
+            f"{line}  anchors {list(sizes[lv.name])}" if lv.name in sizes else line
+            for line, lv in zip(lines, self.levels)
+        )
 
     def optimize_for_inference(self, dtype: torch.dtype = torch.float32, winograd: bool = True) -> PyramidDetector:
         """Fold frozen BatchNorms into their convolutions and run channels-last, optionally in ``dtype``.
@@ -156,3 +212,13 @@ class PyramidDetector(nn.Module):
             check_features(pyramid, self.levels, producer=f"pyramid '{self.config.pyramid.design}'")
             self.check_features = False
         return bottom_up, pyramid
+
+
+#: ``config.detector`` -> the config section with its ``score_thresh``, ``nms_thresh``, ``detections_per_image``.
+OUTPUT_SECTIONS: dict[str, str] = {"faster-rcnn": "roi_heads", "retinanet": "retinanet", "fcos": "fcos"}
+
+
+def output_section(config: ModelConfig) -> str:
+    """The config section holding the inference settings of the detector ``config`` describes (for overrides
+    made before a model is built, e.g. ``fpn detect --nms-iou``)."""
+    return OUTPUT_SECTIONS[config.detector]

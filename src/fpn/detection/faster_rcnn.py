@@ -24,7 +24,6 @@ from fpn.detection.base import ClassRows, PyramidDetector
 from fpn.detection.image_pyramid import detect_multiscale
 from fpn.detection.roi_heads import RoIHeads
 from fpn.detection.rpn import RegionProposalNetwork
-from fpn.levels import describe
 
 
 class FasterRCNN(PyramidDetector):
@@ -48,11 +47,42 @@ class FasterRCNN(PyramidDetector):
             f"{predictor}.bbox_pred.bias": ClassRows(4),
         }
 
-    def describe(self) -> str:
-        """The levels the design produces, one per line, with their anchor sizes."""
-        sizes = self.rpn.anchor_generator.describe()
-        lines = describe(self.levels).splitlines()
-        return "\n".join(f"{line}  anchors {list(sizes[lv.name])}" for line, lv in zip(lines, self.levels))
+    def stages(self) -> tuple[str, ...]:
+        return ("rpn", "roi_heads")
+
+    def anchor_sizes(self) -> dict[str, tuple[float, ...]]:
+        return self.rpn.anchor_generator.describe()
+
+    def level_counts(self) -> dict[str, dict[str, int]]:
+        """Anchors, proposals kept after NMS, and RoIs pooled from each level in the last forward."""
+        counts = self.last_counts
+        pooled = {lv.name: n for lv, n in zip(self.roi_heads.pooler.levels, counts.get("rois", []))}
+        return {
+            lv.name: {
+                "anchors": counts["anchors"][i] if counts else 0,
+                "proposals": counts["proposals"][i] if counts else 0,
+                "rois": pooled.get(lv.name, 0),
+            }
+            for i, lv in enumerate(self.levels)
+        }
+
+    def positives(
+        self, padded_size: Sequence[int], feature_sizes: dict[str, Sequence[int]], boxes: torch.Tensor
+    ) -> dict[str, int]:
+        """The RPN's positive anchors (its 0.7 / 0.3 matcher, each box keeping its best anchors)."""
+        return self.rpn.positives(padded_size, feature_sizes, boxes)
+
+    def level_roles(self) -> dict[str, str]:
+        """The RoI sizes (sqrt of area, resized-image pixels) the paper's rule pools from each level."""
+        cfg = self.config.roi_heads
+        pool = [lv.index for lv in self.roi_heads.pooler.levels]
+        roles = {}
+        for lv in self.levels:
+            low = cfg.canonical_size * 2.0 ** (lv.index - cfg.canonical_level)
+            lower = "0" if lv.index == pool[0] else f"{low:.0f}"
+            upper = "inf" if lv.index == pool[-1] else f"{2 * low:.0f}"
+            roles[lv.name] = f"RoIs {lower}-{upper} px" if lv.index in pool else "no RoIs (RPN only)"
+        return roles
 
     def forward(
         self,

@@ -152,6 +152,14 @@ class RegionProposalNetwork(nn.Module):
             out_levels.append(levels[keep])
         return out_boxes, out_scores, out_levels
 
+    def positives(
+        self, padded_size: Sequence[int], feature_sizes: dict[str, Sequence[int]], boxes: torch.Tensor
+    ) -> dict[str, int]:
+        """Per level, the anchors the matcher makes positive for ``boxes [G, 4]`` (resized-image pixels)."""
+        anchors, per_level = self.anchor_generator(padded_size, feature_sizes, device=boxes.device)
+        positive = self.matcher(box_iou(boxes, anchors)) >= 0 if len(boxes) else anchors.new_zeros(len(anchors)) > 0
+        return {lv.name: int(chunk.sum()) for lv, chunk in zip(self.levels, positive.split(per_level))}
+
     def losses(
         self,
         objectness: torch.Tensor,

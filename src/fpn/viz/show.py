@@ -1,8 +1,9 @@
 """What happens at each pyramid level for one image: maps, counts, and which level found which object.
 
 :func:`inspect_image` runs a detector once and collects, per level: anchors, positive anchors for the
-given ground-truth boxes (the RPN's 0.7/0.3 matcher), proposals kept after NMS, RoIs pooled from the level,
-and final detections produced from RoIs of that level.
+given ground-truth boxes (the detector's training assignment: the RPN's 0.7/0.3 matcher), what the detector
+counts there (Faster R-CNN: proposals kept after NMS, RoIs pooled from the level; a one-stage detector: its
+candidates), and final detections produced at that level.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fpn.detection import FasterRCNN
+from fpn.detection import PyramidDetector
 from fpn.detection.classes import keep_labels, label_mask
 from fpn.detection.transform import resize_boxes
-from fpn.ops import box_iou
 from fpn.viz.draw import LEVEL_COLOURS, draw_detections
 
 
@@ -30,34 +30,28 @@ class Inspection:
 
 
 @torch.inference_mode()
-def inspect_image(model: FasterRCNN, image: torch.Tensor, boxes: torch.Tensor | None = None) -> Inspection:
+def inspect_image(model: PyramidDetector, image: torch.Tensor, boxes: torch.Tensor | None = None) -> Inspection:
     """Run ``model`` on one image (anything ``model`` takes: a ``[3, H, W]`` tensor, a PIL image); ``boxes``
-    ([G, 4] xyxy, original pixels) count positive anchors. An image the model refuses raises ImageError."""
+    ([G, 4] xyxy, original pixels) count positive anchors. An image the model refuses raises ImageError.
+
+    The per-level counts are the detector's own (:meth:`~fpn.detection.base.PyramidDetector.level_counts`:
+    Faster R-CNN's anchors, proposals and RoIs; a one-stage detector's anchors and candidates), with
+    ``positive_anchors`` after the first and ``detections`` last."""
     model.eval()
     batch, _ = model.transform([image])
     bottom_up, pyramid = model.features(batch.tensors)
     detections = keep_labels(model([image])[0], label_mask(model.config))  # no placeholder slots
-    counts_rpn = model.last_counts
     levels = [lv.name for lv in model.levels]
-    positives = [0] * len(levels)
+    positives = dict.fromkeys(levels, 0)
     if boxes is not None and len(boxes):
         sizes = {name: pyramid[name].shape[-2:] for name in levels}
-        anchors, per_level = model.rpn.anchor_generator(batch.tensors.shape[-2:], sizes)
         gt = resize_boxes(boxes.float(), batch.original_sizes[0], batch.image_sizes[0])
-        matched = model.rpn.matcher(box_iou(gt, anchors))
-        for i, chunk in enumerate((matched >= 0).split(per_level)):
-            positives[i] = int(chunk.sum())
-    pooled = {lv.index: n for lv, n in zip(model.roi_heads.pooler.levels, counts_rpn["rois"])}
+        positives = model.positives(batch.tensors.shape[-2:], sizes, gt)
     counts = {}
-    for i, name in enumerate(levels):
-        index = int(name[1:])
-        counts[name] = {
-            "anchors": counts_rpn["anchors"][i],
-            "positive_anchors": positives[i],
-            "proposals": counts_rpn["proposals"][i],
-            "rois": pooled.get(index, 0),
-            "detections": int((detections["levels"] == index).sum()),
-        }
+    for name, row in model.level_counts().items():
+        found = int((detections["levels"] == int(name[1:])).sum())
+        first, *rest = row.items()  # anchors (or locations), then the positives among them
+        counts[name] = {first[0]: first[1], "positive_anchors": positives[name], **dict(rest), "detections": found}
     return Inspection(
         {k: v[0] for k, v in bottom_up.items()},
         {k: v[0] for k, v in pyramid.items()},
@@ -67,20 +61,13 @@ def inspect_image(model: FasterRCNN, image: torch.Tensor, boxes: torch.Tensor | 
     )
 
 
-def object_size_range(model: FasterRCNN, index: int) -> str:
-    """The RoI sizes (sqrt of area, in resized-image pixels) the paper's rule assigns to level ``index``."""
-    cfg = model.config.roi_heads
-    pool = [lv.index for lv in model.roi_heads.pooler.levels]
-    low = cfg.canonical_size * 2.0 ** (index - cfg.canonical_level)
-    if index not in pool:
-        return "no RoIs (RPN only)"
-    lower = "0" if index == pool[0] else f"{low:.0f}"
-    upper = "inf" if index == pool[-1] else f"{2 * low:.0f}"
-    return f"RoIs {lower}-{upper} px"
+def object_size_range(model: PyramidDetector, index: int) -> str:
+    """Which objects level ``index`` is meant for, in the detector's words (``RoIs 56-112 px``)."""
+    return model.level_roles()[f"p{index}"]
 
 
 def detections_by_level(
-    image: Image.Image, inspection: Inspection, model: FasterRCNN, *, min_side: int = 480
+    image: Image.Image, inspection: Inspection, model: PyramidDetector, *, min_side: int = 480
 ) -> Image.Image:
     """Detections coloured by the level that produced them, with a legend: level -> stride -> object size.
 
@@ -111,8 +98,8 @@ def detections_by_level(
 
 
 def counts_table(counts: dict[str, dict[str, int]]) -> str:
-    """A plain-text table of per-level counts with a total row."""
-    keys = ["anchors", "positive_anchors", "proposals", "rois", "detections"]
+    """A plain-text table of per-level counts (the columns the detector counted) with a total row."""
+    keys = list(next(iter(counts.values())))
     header = f"{'level':<6}" + "".join(f"{k:>18}" for k in keys)
     lines = [header]
     for name, row in counts.items():
