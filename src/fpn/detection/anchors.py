@@ -20,6 +20,7 @@ from torch import nn
 
 from fpn.errors import ModelBuildError
 from fpn.levels import Level, check_levels
+from fpn.ops import Matcher, box_iou
 
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> torch.Tensor:
@@ -101,3 +102,16 @@ class AnchorGenerator(nn.Module):
 
     def describe(self) -> dict[str, tuple[float, ...]]:
         return dict(self.sizes)
+
+
+def positive_anchors(
+    generator: AnchorGenerator,
+    matcher: Matcher,
+    padded_size: Sequence[int],
+    feature_sizes: dict[str, Sequence[int]],
+    boxes: torch.Tensor,
+) -> dict[str, int]:
+    """Per level name, the anchors ``matcher`` makes positive for ``boxes [G, 4]`` (resized-image pixels)."""
+    anchors, per_level = generator(padded_size, feature_sizes, device=boxes.device)
+    positive = matcher(box_iou(boxes, anchors)) >= 0
+    return {lv.name: int(chunk.sum()) for lv, chunk in zip(generator.levels, positive.split(per_level))}

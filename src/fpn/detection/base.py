@@ -17,10 +17,13 @@ never ask which detector they hold:
 * :attr:`output_config` is the config section with its inference settings (``score_thresh``, ``nms_thresh``,
   ``detections_per_image``): ``roi_heads`` for Faster R-CNN, ``retinanet``, ``fcos``
   (:data:`OUTPUT_SECTIONS`; :func:`output_section` names it for a config, before any model is built);
+* :meth:`forward` is shared (image-pyramid test scales, transform, features, post-processing); a detector
+  implements :meth:`run_head`: the pyramid's maps -> detections in resized-image pixels, or losses;
 * :meth:`stages` names the child modules ``forward`` calls after the pyramid, in order (``("rpn",
   "roi_heads")``; a one-stage detector's head and its decoder): ``fpn bench`` times each with hooks;
 * :meth:`level_counts` says, per level, what the last forward counted there (anchors, proposals, RoIs,
-  candidates: the detector's own words), from ``self.last_counts``, for ``fpn show``;
+  candidates: the detector's own words), for ``fpn show``; by default read from ``self.last_counts``,
+  ``{what: [count per level of self.levels]}``;
 * :meth:`positives` counts, per level, the anchors (or locations) the training assignment makes positive for
   some ground-truth boxes (``fpn show --box``);
 * :meth:`level_roles` says in a few words which objects each level is meant for (show's legend);
@@ -35,12 +38,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import nn
 
 from fpn.backbones import build_backbone
 from fpn.backbones.fuse import fold_frozen_batchnorms, let_blocks_overwrite_inputs
 from fpn.config import ModelConfig
-from fpn.detection.transform import DetectionTransform
+from fpn.detection.image_pyramid import detect_multiscale
+from fpn.detection.transform import DetectionTransform, ImageBatch
 from fpn.layers.winograd import use_winograd
 from fpn.levels import check_features, describe
 from fpn.pyramids import build_pyramid
@@ -111,8 +116,10 @@ class PyramidDetector(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} does not name its stages")
 
     def level_counts(self) -> dict[str, dict[str, int]]:
-        """Per level name, what the last forward counted there (its first image, or the batch's sum)."""
-        raise NotImplementedError(f"{type(self).__name__} does not count per level")
+        """Per level name, what the last forward counted there (summed over its batch)."""
+        return {
+            lv.name: {key: values[i] for key, values in self.last_counts.items()} for i, lv in enumerate(self.levels)
+        }
 
     def positives(
         self, padded_size: Sequence[int], feature_sizes: dict[str, Sequence[int]], boxes: torch.Tensor
@@ -199,6 +206,47 @@ class PyramidDetector(nn.Module):
         if mode and getattr(self, "optimized", False):
             raise RuntimeError("this model was optimized for inference; load it again to train it")
         return super().train(mode)
+
+    def forward(
+        self,
+        images: Sequence[torch.Tensor | Image.Image],
+        targets: Sequence[dict[str, torch.Tensor]] | None = None,
+        *,
+        shorter: int | None = None,
+    ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        """Detections per image (eval; boxes in the images' own pixels), or the losses (training, with targets).
+
+        ``shorter`` overrides the resize's shorter side; the image-pyramid design runs once per test scale
+        and merges the scales' detections with the detector's own NMS and cap (:attr:`output_config`).
+        """
+        if self.training and targets is None:
+            raise ValueError("in training mode, targets are required")
+        if not self.training and shorter is None and self.config.pyramid.design == "image-pyramid":
+            cfg = self.output_config
+            return detect_multiscale(
+                lambda scale: self(images, shorter=scale),
+                self.config.pyramid.test_scales,
+                cfg.nms_thresh,
+                cfg.detections_per_image,
+            )
+        # The transform checks and converts the images (PIL, uint8), so sizes are read from its batch.
+        batch, targets = self.transform(images, targets if self.training else None, shorter=shorter)
+        _, features = self.features(batch.tensors)
+        result = self.run_head(features, batch, targets if self.training else None)
+        if self.training:
+            return result
+        return self.transform.postprocess(result, batch.image_sizes, batch.original_sizes)
+
+    def run_head(
+        self,
+        features: dict[str, torch.Tensor],
+        batch: ImageBatch,
+        targets: Sequence[dict[str, torch.Tensor]] | None,
+    ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
+        """The detector on the pyramid's maps of a padded ``batch``: per image ``boxes`` (resized-image
+        pixels), ``scores``, ``labels``, ``levels``; or, with ``targets``, a dict of losses. Sets
+        ``self.last_counts``."""
+        raise NotImplementedError(f"{type(self).__name__} has no head")
 
     def features(self, tensors: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Bottom-up maps C2..C5 and pyramid maps for a padded, normalised batch ``[N, 3, H, W]``."""

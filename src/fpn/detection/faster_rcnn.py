@@ -16,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from PIL import Image
 from torch import nn
 
 from fpn.config import ModelConfig
 from fpn.detection.base import ClassRows, PyramidDetector
-from fpn.detection.image_pyramid import detect_multiscale
 from fpn.detection.roi_heads import RoIHeads
 from fpn.detection.rpn import RegionProposalNetwork
+from fpn.detection.transform import ImageBatch
 
 
 class FasterRCNN(PyramidDetector):
@@ -84,33 +83,13 @@ class FasterRCNN(PyramidDetector):
             roles[lv.name] = f"RoIs {lower}-{upper} px" if lv.index in pool else "no RoIs (RPN only)"
         return roles
 
-    def forward(
+    def run_head(
         self,
-        images: Sequence[torch.Tensor | Image.Image],
-        targets: Sequence[dict[str, torch.Tensor]] | None = None,
-        *,
-        shorter: int | None = None,
+        features: dict[str, torch.Tensor],
+        batch: ImageBatch,
+        targets: Sequence[dict[str, torch.Tensor]] | None,
     ) -> list[dict[str, torch.Tensor]] | dict[str, torch.Tensor]:
-        if self.training and targets is None:
-            raise ValueError("in training mode, targets are required")
-        if not self.training and shorter is None and self.config.pyramid.design == "image-pyramid":
-            cfg = self.config.roi_heads
-            return detect_multiscale(
-                lambda scale: self(images, shorter=scale),
-                self.config.pyramid.test_scales,
-                cfg.nms_thresh,
-                cfg.detections_per_image,
-            )
-        # The transform checks and converts the images (PIL, uint8), so sizes are read from its batch.
-        batch, targets = self.transform(images, targets if self.training else None, shorter=shorter)
-        _, features = self.features(batch.tensors)
-        proposals, _, rpn_losses, rpn_counts = self.rpn(
-            features, batch.tensors.shape[-2:], batch.image_sizes, targets if self.training else None
-        )
-        detections, roi_losses, roi_counts = self.roi_heads(
-            features, proposals, batch.image_sizes, targets if self.training else None
-        )
+        proposals, _, rpn_losses, rpn_counts = self.rpn(features, batch.tensors.shape[-2:], batch.image_sizes, targets)
+        detections, roi_losses, roi_counts = self.roi_heads(features, proposals, batch.image_sizes, targets)
         self.last_counts = {**rpn_counts, **roi_counts}
-        if self.training:
-            return {**rpn_losses, **roi_losses}
-        return self.transform.postprocess(detections, batch.image_sizes, batch.original_sizes)
+        return {**rpn_losses, **roi_losses} if targets is not None else detections

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fpn.config import RPNConfig
-from fpn.detection.anchors import AnchorGenerator
+from fpn.detection.anchors import AnchorGenerator, positive_anchors
 from fpn.layers import conv_relu
 from fpn.levels import Level, check_levels
 from fpn.ops import (
@@ -156,9 +156,7 @@ class RegionProposalNetwork(nn.Module):
         self, padded_size: Sequence[int], feature_sizes: dict[str, Sequence[int]], boxes: torch.Tensor
     ) -> dict[str, int]:
         """Per level, the anchors the matcher makes positive for ``boxes [G, 4]`` (resized-image pixels)."""
-        anchors, per_level = self.anchor_generator(padded_size, feature_sizes, device=boxes.device)
-        positive = self.matcher(box_iou(boxes, anchors)) >= 0 if len(boxes) else anchors.new_zeros(len(anchors)) > 0
-        return {lv.name: int(chunk.sum()) for lv, chunk in zip(self.levels, positive.split(per_level))}
+        return positive_anchors(self.anchor_generator, self.matcher, padded_size, feature_sizes, boxes)
 
     def losses(
         self,
