@@ -95,6 +95,7 @@ class RetinaNetConfig:
     """RetinaNet's dense head and its inference (Lin et al., 2017; torchvision's defaults)."""
 
     num_convs: int = 4  # 3x3 conv + ReLU layers of each subnet (classification, box regression)
+    head_norm: str = "none"  # none (torchvision's v1 head) or gn: GroupNorm after each subnet conv (from scratch)
     prior_prob: float = 0.01  # the classifier's bias starts at -log((1 - p) / p): every anchor "background"
     scales_per_octave: int = 3  # anchors per size: size * 2^(i / 3), i = 0, 1, 2 (x 3 aspect ratios = 9)
     focal_alpha: float = 0.25
@@ -165,6 +166,7 @@ class ModelConfig:
         _one_of("pyramid.source", self.pyramid.source, ("c4", "c5"))
         _one_of("pyramid.extra", self.pyramid.extra, ("none", "pool", "p6p7-c5", "p6p7-p5"))
         _one_of("pyramid.norm", self.pyramid.norm, ("none", "gn"))
+        _one_of("retinanet.head_norm", self.retinanet.head_norm, ("none", "gn"))
         if not 0 <= self.backbone.trainable_stages <= 5:
             raise ConfigError(f"backbone.trainable_stages must be 0..5, got {self.backbone.trainable_stages}")
         if not self.class_names:
