@@ -60,6 +60,20 @@ class TrainConfig:
     seed: int = 0
     workers: int = 2  # data-loading processes per training process
     flip: bool = True  # random horizontal flips
+    # The from-scratch recipe (fpn.engine.augmentation, fpn.engine.ema; measured in benchmarks/recipe.py):
+    # each is off unless set. Every draw derives from the image's slot key, so a resumed run repeats them.
+    mosaic: float = 0.0  # probability that a training image is a mosaic of four (fpn.data.mosaic)
+    # The fraction of the run, at its end, without mosaic (YOLO's close_mosaic): of the iterations, or of the
+    # time with a --minutes budget, as the learning-rate schedule counts progress.
+    close_mosaic: float = 0.1
+    scale_jitter: float = 0.0  # random scale gain in [1 - s, 1 + s] on a canvas of the image's size
+    translate: float = 0.0  # random shift by up to this fraction of the image's width and height
+    hsv: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # hue, saturation, value gains (fpn.data.hsv)
+    augment_min_visible: float = 0.1  # a box cut by mosaic or scale/shift is kept with this much of its area left
+    # Exponential moving average of the weights with this decay (e.g. 0.9998), ramped up as
+    # decay * (1 - exp(-updates / ema_tau)); evaluated at the end and saved as model.pt. null: off.
+    ema: float | None = None
+    ema_tau: float = 2000.0
     # Mixed precision: fp16 with loss scaling on CUDA, bf16 on a CPU with bf16 instructions (fp32 where neither):
     # faster steps; speed and accuracy: benchmarks/amp_training.py and its committed result.
     amp: bool = False
@@ -109,6 +123,22 @@ class TrainConfig:
             raise ConfigError(f"train.device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         if self.tile is not None:
             check_tile(self.tile, self.tile_min_visible)
+        self._validate_recipe()
+
+    def _validate_recipe(self) -> None:
+        for key, low, high in (
+            ("mosaic", 0.0, 1.0), ("close_mosaic", 0.0, 1.0), ("translate", 0.0, 0.5), ("augment_min_visible", 0.0, 1.0)
+        ):  # fmt: skip
+            if not low <= getattr(self, key) <= high:
+                raise ConfigError(f"train.{key} must be in [{low:g}, {high:g}], got {getattr(self, key)}")
+        if not 0.0 <= self.scale_jitter < 1.0:
+            raise ConfigError(f"train.scale_jitter must be in [0, 1), got {self.scale_jitter}")
+        if len(self.hsv) != 3 or any(not 0.0 <= g <= 1.0 for g in self.hsv):
+            raise ConfigError(f"train.hsv must be three gains in [0, 1] (hue, saturation, value), got {self.hsv}")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ConfigError(f"train.ema must be a decay in (0, 1) (or null), got {self.ema}")
+        if self.ema_tau <= 0:
+            raise ConfigError(f"train.ema_tau must be positive, got {self.ema_tau}")
 
 
 @dataclass

@@ -10,6 +10,7 @@ iteration under way, checkpointed (:mod:`fpn.engine.stop`); a NaN or infinite lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -29,7 +30,9 @@ from fpn.data.dataset import DetectionDataset
 from fpn.data.tiles import TiledDataset
 from fpn.detection import FasterRCNN, save_detector
 from fpn.engine import distributed as ddp
+from fpn.engine.augmentation import Augment, PhasedBatches, mosaic_open
 from fpn.engine.config import RunConfig
+from fpn.engine.ema import ModelEMA
 from fpn.engine.eval_curves import CURVES_FILE, save_curves
 from fpn.engine.evaluate import evaluate
 from fpn.engine.resume import RunState, rng_states
@@ -53,21 +56,30 @@ class TrainingDiverged(FpnError):
 
 
 class KeyedDataset(Dataset):
-    """Items addressed by :class:`~fpn.engine.distributed.ImageSlot`: the slot's key seeds the image's flip,
-    and its tile when the dataset is tiled."""
+    """Items addressed by :class:`~fpn.engine.distributed.ImageSlot` (or ``(slot, mosaic open)`` pairs, from
+    :class:`~fpn.engine.augmentation.PhasedBatches`): the slot's key seeds the image's flip, its tile when the
+    dataset is tiled, and the recipe's augmentation (:class:`~fpn.engine.augmentation.Augment`) when one is set."""
 
-    def __init__(self, dataset: DetectionDataset | TiledDataset, flip: bool) -> None:
+    def __init__(self, dataset: DetectionDataset | TiledDataset, flip: bool, augment: Augment | None = None) -> None:
         self.dataset = dataset
         self.flip = flip
+        self.augment = augment if augment is not None and augment.active else None
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, slot: ddp.ImageSlot) -> tuple[torch.Tensor, dict[str, Any], int]:
+    def load(self, index: int, key: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Item ``index`` alone: the image, or its tile drawn from ``key`` when the dataset is tiled."""
         if isinstance(self.dataset, TiledDataset):
-            image, target = self.dataset.sample(slot.index, ddp.derive_seed(slot.key, 3))
+            return self.dataset.sample(index, ddp.derive_seed(key, 3))
+        return self.dataset[index]
+
+    def __getitem__(self, item: ddp.ImageSlot | tuple[ddp.ImageSlot, bool]) -> tuple[torch.Tensor, dict[str, Any], int]:
+        slot, mosaic = item if isinstance(item, tuple) else (item, False)
+        if self.augment is not None:
+            image, target = self.augment(self.load, slot, len(self.dataset), mosaic=mosaic)
         else:
-            image, target = self.dataset[slot.index]
+            image, target = self.load(slot.index, slot.key)
         if self.flip:
             generator = torch.Generator().manual_seed(ddp.derive_seed(slot.key, 0))
             image, target = RandomHorizontalFlip(0.5, generator)(image, target)
@@ -102,6 +114,7 @@ class Loop:
     amp: torch.dtype | None  # autocast to this dtype (mixed precision), or None
     stop: StopRequest  # raised by SIGINT / SIGTERM during the iterations
     worker_init: Callable[[int], None] | None = None  # data-loading processes' worker_init_fn
+    ema: ModelEMA | None = None  # the weights' moving average (train.ema), updated after every step
 
     def __post_init__(self) -> None:
         self.cfg = self.config.train
@@ -121,9 +134,12 @@ class Loop:
         cfg, info, plan = self.cfg, self.info, self.plan
         started = time.perf_counter() - state.elapsed
         done = plan.done(state.iteration, state.elapsed)
+        phased = PhasedBatches(
+            self.sampler, lambda it: mosaic_open(cfg, plan, it, time.perf_counter() - started)
+        )  # mosaic closes for the end of the run, as far through it as the schedule counts
         loader = DataLoader(
-            KeyedDataset(dataset, cfg.flip),
-            batch_sampler=self.sampler,
+            KeyedDataset(dataset, cfg.flip, Augment(cfg)),
+            batch_sampler=phased,
             num_workers=cfg.workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
@@ -165,7 +181,8 @@ class Loop:
                         state.window, state.window_count, state.window_time = {}, 0, 0.0
                     # Evaluate before checkpointing: a run killed in between redoes both, logging the same lines.
                     if cfg.eval_every and it % cfg.eval_every == 0 and not finished:
-                        last_eval, eval_iteration = self.evaluate(val, it), it
+                        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+                            last_eval, eval_iteration = self.evaluate(val, it), it  # the average, as at the end
                     if it % cfg.checkpoint_every == 0 or finished:
                         self.checkpoint(state, run_dir, plot=not finished)  # the end of the run plots anyway
                     if on_step is not None:
@@ -179,6 +196,8 @@ class Loop:
             bar.close()
         if state.iteration > state.checkpoint_iteration:
             self.checkpoint(state, run_dir)
+        if self.ema is not None:  # last.pt holds the weights; the average is what is evaluated and saved
+            self.ema.copy_to(self.model)
         if eval_iteration != state.iteration:
             last_eval = self.evaluate(val, state.iteration)
         if last_eval is not None and info.is_main:
@@ -232,6 +251,8 @@ class Loop:
             )  # fmt: skip
         except NonFiniteStep as error:
             self.diverged(iteration + 1, str(error))  # raises TrainingDiverged
+        if self.ema is not None:
+            self.ema.update(self.model)
         return result.losses, result.grad_norm, flags[0] > 0, flags[1] > 0
 
     def budget_spent(self, started: float) -> bool:
@@ -273,6 +294,7 @@ class Loop:
                 world_size=self.info.world_size,
                 rng={**rng_states(self.model.transform.generator), "sampler": sampler_state},
                 log_window=state.window_state(),
+                **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             )
         if plot:
             self.log.plot()

@@ -6,7 +6,8 @@
 * ``last.pt``: everything needed to continue (weights, optimiser, schedule position, RNG states, the run
   config), written atomically every ``train.checkpoint_every`` iterations, at the end, and when a signal
   stops the run;
-* ``model.pt``: the final weights, a checkpoint :func:`~fpn.detection.checkpoint.load_detector` reads;
+* ``model.pt``: the final weights (their moving average with ``train.ema``, :mod:`fpn.engine.ema`), a
+  checkpoint :func:`~fpn.detection.checkpoint.load_detector` reads;
 * ``log.jsonl`` (one JSON object per logged step and per evaluation), TensorBoard event files and
   ``curves.png`` (losses, learning rate, AP), and ``metrics.json`` (the final evaluation).
 
@@ -56,6 +57,7 @@ from fpn.detection.finetune import init_from_checkpoint
 from fpn.device import resolve_device
 from fpn.engine import distributed as ddp
 from fpn.engine.config import RunConfig
+from fpn.engine.ema import make_ema
 from fpn.engine.loop import Loop, TrainingDiverged
 from fpn.engine.resume import RunState, resolved_config, restore, resume_point, run_plan
 from fpn.engine.run_folder import RunLock, init_worker, writing
@@ -196,6 +198,7 @@ def _train(
     state = RunState()
     if checkpoint is not None:
         state = restore(checkpoint, model, optimizer, scaler, run_dir, info)
+    ema = make_ema(cfg.ema, cfg.ema_tau, model, checkpoint, source=str(run_dir / "last.pt"), main=info.is_main)
     train_model: nn.Module = model
     if info.distributed:
         ids = [device.index] if device.type == "cuda" else None
@@ -223,8 +226,9 @@ def _train(
         )  # fmt: skip
 
     loop = Loop(
-        config, model, train_model, optimizer, scaler, device, info, log, sampler, plan, amp, StopRequest(), worker_init
-    )
+        config, model, train_model, optimizer, scaler, device, info, log, sampler, plan, amp, StopRequest(),
+        worker_init, ema,
+    )  # fmt: skip
     last_eval: dict[str, Any] | None = None
     try:
         last_eval = loop.run(state, dataset, val, run_dir, progress=progress, on_step=on_step)
@@ -237,6 +241,8 @@ def _train(
         extra = {"run_config": config.to_dict(), "iteration": state.iteration}
         if last_eval is not None:
             extra["metrics"] = last_eval["metrics"]
+        if ema is not None:  # the loop put the average into the model: say that model.pt holds it
+            extra["ema"] = ema.describe()
         with writing(model_path, "the final weights", kept=f"{run_dir / 'last.pt'} holds them"):
             save_detector(model, model_path, **extra)
     ddp.barrier()
