@@ -109,3 +109,9 @@ def test_static_file(micro, tmp_path):
     assert assert_same(model, micro, [images[1], images[1].flip(-1)]) > 0
     with pytest.raises(ValueError, match="199x300 px images only"):
         model([images[0]])
+
+
+def test_fp16_refused(micro, tmp_path):
+    with pytest.raises(ConfigError, match="fp16: not exported") as error:
+        export_onnx(micro, tmp_path / "half.onnx", ExportOptions(precision="fp16"))
+    assert "\n" not in str(error.value) and not (tmp_path / "half.onnx").exists()
