@@ -71,6 +71,29 @@ def test_the_same_seed_cuts_the_same_tile(scenes: Path):
     assert any(not torch.equal(tiled.sample(0, seed)[0], a) for seed in range(8, 12))
 
 
+def test_a_tile_holds_the_scene_pixels_and_boxes_of_its_place(scenes: Path):
+    # Only the tile is converted to float; it must still be the scene's pixels at the tile's place, and its
+    # boxes the scene's boxes shifted by the same offset (found by where the tile's pixels lie in the scene).
+    dataset = load_dataset(scenes, "val")
+    tiled = TiledDataset(dataset, 128, seed=3, min_visible=1.0)
+    whole, target = dataset.load_image(0), dataset.target(0)
+    for seed in range(4):
+        tile, cut = tiled.sample(0, seed)
+        hits = [
+            (x, y)
+            for y in range(whole.shape[1] - 127)
+            for x in range(whole.shape[2] - 127)
+            if torch.equal(whole[:, y : y + 128, x : x + 128], tile)
+        ]
+        assert hits, "the tile's pixels are not a 128 px window of the scene"
+        x0, y0 = hits[0]
+        inside = (target["boxes"][:, :2] >= torch.tensor([x0, y0])).all(1) & (
+            target["boxes"][:, 2:] <= torch.tensor([x0 + 128, y0 + 128])
+        ).all(1)
+        expected = target["boxes"][inside] - torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+        assert torch.equal(cut["boxes"], expected)
+
+
 def test_bad_tile_settings_are_one_line():
     dataset = object()
     with pytest.raises(ConfigError, match="train.tile must be"):

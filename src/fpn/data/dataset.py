@@ -36,8 +36,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fpn.data.images import load_image
+from fpn.data.images import open_image, pil_to_tensor
 from fpn.errors import DataError
+
+#: Item index -> the ``(x0, y0, x1, y1)`` part of its image to load (see :meth:`DetectionDataset.load_image`).
+Region = Callable[[int], tuple[int, int, int, int]]
 
 logger = logging.getLogger("fpn.data")
 
@@ -174,17 +177,25 @@ class DetectionDataset(Dataset):
             "orig_size": (int(record.height), int(record.width)),
         }
 
-    def load_image(self, index: int) -> torch.Tensor:
-        """Load the image of item ``index``, checking that its size is the one the annotations assume."""
+    def load_image(self, index: int, region: Region | None = None) -> torch.Tensor:
+        """Load the image of item ``index``, checking that its size is the one the annotations assume.
+
+        ``region``, if given, returns the ``(x0, y0, x1, y1)`` part of the image to keep for item ``index``;
+        only that part becomes a float tensor (a tile of a 20,000 px scene: the decoded scene stays uint8).
+        """
         record = self.records[index]
-        image = load_image(record.path)
-        error = size_mismatch(record, *image.shape[-2:], self.source)
+        picture = open_image(record.path)
+        error = size_mismatch(record, picture.height, picture.width, self.source)
         if error is not None:
             raise error
-        return image
+        if region is not None:
+            picture = picture.crop(region(index))
+        return pil_to_tensor(picture)
 
-    def load_readable(self, index: int) -> tuple[torch.Tensor, int]:
+    def load_readable(self, index: int, region: Region | None = None) -> tuple[torch.Tensor, int]:
         """The image of item ``index``, or if it cannot be loaded that of the next item that can, and its index.
+
+        ``region``: as :meth:`load_image`'s, called with the index of the item actually loaded.
 
         The scan leaves out images that are unreadable when the dataset is built; one that breaks later
         (deleted or overwritten during a run) should cost one image, not the run, and without ``strict`` it is
@@ -196,7 +207,7 @@ class DetectionDataset(Dataset):
         for step in range(count):
             candidate = (index + step) % count
             try:
-                return self.load_image(candidate), candidate
+                return self.load_image(candidate, region), candidate
             except DataError as error:
                 if self.strict:
                     raise

@@ -119,18 +119,25 @@ class TiledDataset(Dataset):
 
     def sample(self, index: int, seed: int) -> tuple[torch.Tensor, Target]:
         """Item ``index`` cut to a tile drawn from ``seed``: the same seed, the same tile."""
-        image, index = self.dataset.load_readable(index)
-        target = self.dataset.target(index)
-        height, width = image.shape[-2:]
         rng = np.random.default_rng(seed)
-        tile = tile_origin(
-            rng, height, width, target["boxes"].numpy(), self.size, object_p=self.object_p, jitter=self.jitter
-        )
+        tiles: dict[int, tuple[int, int, int, int]] = {}
+
+        def region(item: int) -> tuple[int, int, int, int]:
+            # Drawn from the annotations' size (checked against the file's on loading), so only the tile of
+            # the decoded image becomes float: 4 bytes a pixel for the tile, 1 a channel for the scene.
+            record, boxes = self.dataset.records[item], self.dataset.target(item)["boxes"].numpy()
+            tiles[item] = tile_origin(
+                rng, record.height, record.width, boxes, self.size, object_p=self.object_p, jitter=self.jitter
+            )
+            return tiles[item]
+
+        image, index = self.dataset.load_readable(index, region)
+        target = self.dataset.target(index)
+        tile = tiles[index]
         x0, y0, x1, y1 = tile
         boxes, keep = crop_boxes(target["boxes"], tile, self.min_visible)
         cut = dict(target, boxes=boxes, labels=target["labels"][keep], iscrowd=target["iscrowd"][keep])
         cut["orig_size"] = (y1 - y0, x1 - x0)
-        image = image[:, y0:y1, x0:x1].contiguous()
         if self.dataset.transform is not None:
             image, cut = self.dataset.transform(image, cut)
         return image, cut
