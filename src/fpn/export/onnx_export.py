@@ -192,9 +192,13 @@ def split_outputs(outputs: list[Tensor], num_images: int) -> list[dict[str, Tens
     return [{key: value[index == i] for key, value in named.items()} for i in range(num_images)]
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, options: ExportOptions | None = None) -> ExportReport:
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike, options: ExportOptions | None = None, *, check: bool = True
+) -> ExportReport:
     """Write ``model`` (a detector, unoptimized, eval mode) as an ONNX file at ``path``, atomically, once its
-    detections in onnxruntime match PyTorch's on every probe input (:func:`probe_shapes`); else ExportError."""
+    detections in onnxruntime match PyTorch's on every probe input (:func:`probe_shapes`); else ExportError.
+    ``check=False`` skips the comparison (benchmarks timing seeded random weights, whose chaotic scores let
+    float rounding between runtimes move boxes by pixels; the command always checks)."""
     options = options or ExportOptions()
     options.validate()
     require_onnx("fpn export")
@@ -205,7 +209,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, options: ExportOption
     data = with_metadata(trace(graph, probes[0], options), model, options)
     box_tol, score_tol = (BOX_TOL, SCORE_TOL) if options.precision == "fp32" else (FP16_BOX_TOL, FP16_SCORE_TOL)
     report = ExportReport(Path(path))
-    for probe in probes:
+    for probe in probes if check else []:
         exported = run_file(data, probe)
         with torch.no_grad():
             reference = model(list(probe))

@@ -78,6 +78,11 @@ class OnnxDetector:
     def eval(self) -> OnnxDetector:
         return self
 
+    def train(self, mode: bool = True) -> OnnxDetector:
+        if mode:
+            raise ConfigError(f"{self.path}: an ONNX file cannot be trained; train from its checkpoint")
+        return self
+
     def to(self, device: str | torch.device) -> OnnxDetector:
         if torch.device(device).type != "cpu":
             raise ConfigError(f"{self.path}: an ONNX file runs on the CPU here (onnxruntime); pass --device cpu")
