@@ -28,6 +28,7 @@ from fpn.version import __version__
 # name -> module that defines it
 _PUBLIC = {
     "FasterRCNN": "fpn.detection",
+    "FCOS": "fpn.detection",
     "load_detector": "fpn.detection",
     "save_detector": "fpn.detection",
     "preset": "fpn.presets",

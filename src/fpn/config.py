@@ -115,6 +115,9 @@ class FCOSConfig:
     num_convs: int = 4  # 3x3 conv + GroupNorm + ReLU layers of each tower
     prior_prob: float = 0.01
     center_sampling_radius: float = 1.5  # positives lie within radius * stride of a box's centre
+    # Level ranges of max(l, t, r, b) are (4, 8) x stride (the finest open below, the coarsest above); this
+    # scales them: 1 is torchvision's, a preset for small images may shift objects onto finer levels.
+    size_range_scale: float = 1.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     score_thresh: float = 0.2

@@ -6,6 +6,9 @@
 * ``small-fpn`` / ``tiny-fpn``: narrow ResNet-18s with GroupNorm that train from scratch on a CPU in
   minutes, on images of about 320 px, with anchors from 16 px for small objects;
 * ``micro-fpn``: smaller still (96 px images), for smoke tests of a set-up.
+* ``fcos-r50``: exactly torchvision's ``fcos_resnet50_fpn`` (FCOS on P3-P7, frozen BN of eps 1e-5, 800/1333,
+  COCO's 91 slots); its checkpoint loads into this preset.
+* ``tiny-fcos``: FCOS on tiny-fpn's narrow GroupNorm ResNet-18, P3-P6, for training from scratch on a CPU.
 
 Every preset can run any pyramid design: ``preset("tiny-fpn", design="hierarchy")``.
 """
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from fpn.config import (
     AnchorConfig,
     BackboneConfig,
+    FCOSConfig,
     ModelConfig,
     PyramidConfig,
     RoIHeadsConfig,
@@ -83,12 +87,43 @@ def micro_fpn() -> ModelConfig:
     return config
 
 
+def fcos_r50() -> ModelConfig:
+    """torchvision's ``fcos_resnet50_fpn``: C3-C5 into the FPN, P6 and P7 by stride-2 convs of P5, 91 outputs.
+
+    torchvision runs its COCO checkpoint with FrozenBatchNorm's default eps, 1e-5 (unlike Faster R-CNN's, it
+    calls no ``overwrite_eps``).
+    """
+    return ModelConfig(
+        class_names=list(COCO_CLASSES),
+        detector="fcos",
+        backbone=BackboneConfig(depth=50, norm="frozen_bn", bn_eps=1e-5),
+        pyramid=PyramidConfig(finest="c3", extra="p6p7-p5"),
+    )
+
+
+def tiny_fcos() -> ModelConfig:
+    """FCOS on tiny-fpn's trunk, for CPU training from scratch on ~320 px images.
+
+    P3-P6 (P6 subsampled from P5): at 320 px a P7 map is 3x3 and no object reaches its range. Objects here are
+    ~2.5x smaller than COCO's at 800 px, so the levels' ranges of max(l, t, r, b) are halved (2-4 strides
+    instead of 4-8): P3 up to 32 px, P4 32-64, P5 64-128, P6 from 128.
+    """
+    config = _cpu_preset(width=16, channels=64, representation=256)
+    config.detector = "fcos"
+    config.pyramid.finest = "c3"
+    config.pyramid.extra = "pool"
+    config.fcos = FCOSConfig(size_range_scale=0.5)
+    return config
+
+
 PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "r50-fpn": r50_fpn,
     "r18-fpn": r18_fpn,
     "small-fpn": small_fpn,
     "tiny-fpn": tiny_fpn,
     "micro-fpn": micro_fpn,
+    "fcos-r50": fcos_r50,
+    "tiny-fcos": tiny_fcos,
 }
 
 

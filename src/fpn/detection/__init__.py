@@ -5,12 +5,14 @@ from fpn.detection.base import PyramidDetector
 from fpn.detection.build import DETECTOR_CLASSES, build_detector
 from fpn.detection.checkpoint import load_detector, save_detector
 from fpn.detection.faster_rcnn import FasterRCNN
+from fpn.detection.fcos import FCOS
 from fpn.detection.roi_heads import RoIHeads
 from fpn.detection.rpn import RegionProposalNetwork
 from fpn.detection.transform import DetectionTransform
 
 __all__ = [
     "DETECTOR_CLASSES",
+    "FCOS",
     "AnchorGenerator",
     "DetectionTransform",
     "FasterRCNN",

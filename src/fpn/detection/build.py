@@ -10,10 +10,11 @@ from __future__ import annotations
 from fpn.config import ModelConfig
 from fpn.detection.base import PyramidDetector
 from fpn.detection.faster_rcnn import FasterRCNN
+from fpn.detection.fcos import FCOS
 from fpn.errors import ConfigError
 
 #: ``config.detector`` -> the class that builds it.
-DETECTOR_CLASSES: dict[str, type[PyramidDetector]] = {"faster-rcnn": FasterRCNN}
+DETECTOR_CLASSES: dict[str, type[PyramidDetector]] = {"faster-rcnn": FasterRCNN, "fcos": FCOS}
 
 
 def build_detector(config: ModelConfig) -> PyramidDetector:

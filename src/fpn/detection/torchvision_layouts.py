@@ -14,7 +14,7 @@ from typing import Any
 
 from fpn.config import ModelConfig
 from fpn.errors import CheckpointError
-from fpn.presets import r50_fpn
+from fpn.presets import fcos_r50, r50_fpn
 
 State = Mapping[str, Any]
 
@@ -121,5 +121,63 @@ def convert_faster_rcnn(state: State, source: str) -> tuple[ModelConfig, dict[st
 
 FASTER_RCNN = TorchvisionLayout("fasterrcnn_resnet50_fpn", is_faster_rcnn, faster_rcnn_look_alike, convert_faster_rcnn)
 
+# -------------------------------------------------------------------------------------------------- FCOS
+
+#: torchvision's FCOS head modules -> ours (:class:`fpn.detection.fcos.FCOSHead`).
+FCOS_HEAD = {
+    "head.classification_head.conv": "head.cls_tower",
+    "head.regression_head.conv": "head.box_tower",
+    "head.classification_head.cls_logits": "head.cls_logits",
+    "head.regression_head.bbox_reg": "head.bbox_pred",
+    "head.regression_head.bbox_ctrness": "head.centerness",
+}
+
+
+def fcos_key(key: str) -> str | None:
+    """Our name for a torchvision ``fcos_resnet50_fpn`` key, else None.
+
+    Its towers are ``nn.Sequential`` s of (conv, GroupNorm, ReLU) x 4: ``conv.{3i}`` is our layer ``i``'s
+    ``conv``, ``conv.{3i+1}`` its ``norm``. P6 and P7 are ``backbone.fpn.extra_blocks.p6/p7``.
+    """
+    if key.startswith("backbone.body."):
+        return backbone_body_key(key)
+    if key.startswith("backbone.fpn.extra_blocks."):
+        parts = key.split(".")
+        return f"pyramid.extra.{parts[3]}.{parts[4]}" if len(parts) == 5 and parts[3] in ("p6", "p7") else None
+    if key.startswith("backbone.fpn."):
+        return fpn_block_renamer(3)(key)
+    module, _, leaf = key.rpartition(".")
+    if module in FCOS_HEAD:
+        return f"{FCOS_HEAD[module]}.{leaf}"
+    tower, _, index = module.rpartition(".")
+    if tower in ("head.classification_head.conv", "head.regression_head.conv") and index.isdigit():
+        layer, role = divmod(int(index), 3)
+        if role < 2:
+            return f"{FCOS_HEAD[tower]}.{layer}.{('conv', 'norm')[role]}.{leaf}"
+    return None
+
+
+def is_fcos(state: State) -> bool:
+    """FCOS's regression branch has a centerness output; RetinaNet's (same head names otherwise) has none."""
+    return "backbone.body.conv1.weight" in state and "head.regression_head.bbox_ctrness.weight" in state
+
+
+def fcos_look_alike(state: State) -> str | None:
+    return None  # torchvision has no other FCOS
+
+
+def convert_fcos(state: State, source: str) -> tuple[ModelConfig, dict[str, Any]]:
+    weights = rename_all(state, fcos_key, source=source, model="fcos_resnet50_fpn")
+    config = fcos_r50()  # FrozenBatchNorm eps 1e-5: torchvision calls no overwrite_eps for FCOS
+    classes = weights.get("head.cls_logits.weight")
+    if classes is None:
+        raise CheckpointError(f"{source}: torchvision FCOS layout without head.classification_head.cls_logits.weight")
+    if classes.shape[0] != config.num_classes:
+        config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
+    return config, weights
+
+
+FCOS = TorchvisionLayout("fcos_resnet50_fpn", is_fcos, fcos_look_alike, convert_fcos)
+
 #: Every torchvision detector layout this project loads, tried in order.
-LAYOUTS: tuple[TorchvisionLayout, ...] = (FASTER_RCNN,)
+LAYOUTS: tuple[TorchvisionLayout, ...] = (FASTER_RCNN, FCOS)
