@@ -11,7 +11,12 @@ accuracy_vs_latency.png and runs/<design>/. Run the same command again to contin
 comparison: finished runs are reused, interrupted ones resumed.
 
 The default budget (--iters below, the same for every design) is calibrated so that the whole comparison of
-tiny-fpn on the synthetic set takes under 20 minutes on a 2-core CPU.
+tiny-fpn on the synthetic set takes under 20 minutes on a 2-core CPU (one seed; --seeds N takes N times as long).
+
+With --seeds N every design trains N times (seeds --seed to --seed+N-1); the table gives each metric's mean
+and its range over the seeds, and a last section says plainly which differences between designs exceed that
+seed-to-seed spread (every seed of one above every seed of the other) and which do not. Latency is timed once
+every design is trained, in rounds that alternate across the designs, so that the machine's drift falls on all.
 """
 
 from __future__ import annotations
@@ -40,12 +45,29 @@ def add_parser(subparsers) -> None:
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--iters", type=int, help=f"iterations per design (default: {DEFAULT_ITERS})")
-    budget.add_argument("--minutes", type=float, help="minutes per design (the schedule follows the clock)")
+    budget.add_argument("--minutes", type=float, help="minutes per design and seed (the schedule follows the clock)")
     p.add_argument("--model", default="tiny-fpn", help=f"preset: {', '.join(PRESETS)} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="training seed, one for every design (default: %(default)s)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train every design with N seeds (--seed .. --seed+N-1): each metric's mean and range over them, and "
+        "which differences exceed that seed-to-seed spread (default: %(default)s)",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        metavar="PATH",
+        help="an ImageNet ResNet checkpoint (torchvision layout) every design's backbone starts from, the paper's "
+        "setting; its depth and width must be the preset's, e.g. --model r18-fpn (default: none, from scratch)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for training and every measurement (default: torch's)")
     p.add_argument(
-        "--latency-runs", type=int, default=LATENCY_RUNS, help="timed forward passes per design (default: %(default)s)"
+        "--latency-runs",
+        type=int,
+        default=LATENCY_RUNS,
+        help="timed forward passes per design, in rounds alternating across the designs (default: %(default)s)",
     )
     p.add_argument("--out", required=True, help="output folder (an existing one is continued)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="run config overrides, e.g. train.lr=0.01")
@@ -63,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         iters=args.iters,
         minutes=args.minutes,
         seed=args.seed,
+        seeds=args.seeds,
+        backbone_weights=args.backbone_weights,
         threads=args.threads,
         overrides=list(args.overrides),
         latency_runs=args.latency_runs,
@@ -70,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
     )
     table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
     print("\n".join(table))
+    print("\n" + "\n".join(results["differences"]))
     print(f"\n{len(results['designs'])} designs compared: {out}  (results.md, results.json, *.png, runs/)")
     return 0

@@ -22,13 +22,20 @@ What is measured, for every design alike (``torch.set_num_threads(threads)`` thr
   ``image-pyramid`` the forward pass runs every test scale, so every scale is counted;
 * ``params``: the trained model's parameters;
 * ``latency_s``: on the CPU, the median wall time of ``latency_runs`` forward passes on the probe image,
-  after ``LATENCY_WARMUP`` untimed ones;
+  after ``LATENCY_WARMUP`` untimed ones, timed in alternating rounds across the designs (each round every
+  design once, :mod:`fpn.compare.latency`), once every design is trained;
 * ``train_peak_mb`` / ``infer_peak_mb``: the extra resident memory (MiB, 2^20 bytes) that one training step
   (the training loop's own step over the first ``train.batch_size`` training images at the largest training
   scale) and one inference pass (the probe image) need, read in a fresh subprocess that does nothing else
   (:mod:`fpn.bench.memory`: the rise of the peak-RSS mark over the step). The step runs once untimed
   first, so the weights, the optimiser's momentum and the interpreter are in the baseline, not in the
   value. Linux only: elsewhere both are ``None``.
+
+Seeds (``seeds=N``, ``fpn compare --seeds N``): every design is trained with the seeds ``seed .. seed+N-1``
+(``runs/<design>-seed<k>``; one seed keeps ``runs/<design>``); each metric is the mean over them, with its
+range in ``spread``, and ``differences`` says plainly which differences between designs exceed that spread
+(:mod:`fpn.compare.seeds`). Costs are measured on the first seed's model. ``backbone_weights`` (an ImageNet
+ResNet checkpoint) starts every design's backbone from it (``model.backbone.weights``), the paper's setting.
 """
 
 from __future__ import annotations
@@ -45,7 +52,6 @@ import torch
 from tqdm import tqdm
 
 from fpn.bench import ProbeFailed, forward_gflops, machine_info, run_probe
-from fpn.bench.timing import forward_latency
 from fpn.compare.configs import (
     DEFAULT_ITERS,
     check_designs,
@@ -54,7 +60,9 @@ from fpn.compare.configs import (
     design_config,
     trained_design,
 )
+from fpn.compare.latency import latency_rounds, medians
 from fpn.compare.probe import memory_probe
+from fpn.compare.seeds import differences, summarise
 from fpn.data import load_dataset
 from fpn.detection import load_detector, save_detector
 from fpn.device import resolve_device
@@ -73,6 +81,7 @@ __all__ = [
     "LATENCY_WARMUP",
     "METRICS",
     "REFERENCE",
+    "backbone_override",
     "check_designs",
     "check_same_run",
     "compare",
@@ -83,6 +92,7 @@ __all__ = [
     "measure_memory",
     "memory_probe",
     "run_design",
+    "run_dirs",
     "run_metrics",
     "trained_design",
     "training_seconds",
@@ -187,6 +197,8 @@ def compare(
     iters: int | None = None,
     minutes: float | None = None,
     seed: int = 0,
+    seeds: int = 1,
+    backbone_weights: str | None = None,
     threads: int | None = None,
     overrides: Sequence[str] = (),
     latency_runs: int = LATENCY_RUNS,
@@ -195,14 +207,21 @@ def compare(
     """Train, evaluate and measure every design in ``designs`` under one run config; write ``out_dir``'s files.
 
     The budget is ``iters`` iterations per design (default :data:`DEFAULT_ITERS`) or ``minutes``;
-    ``overrides`` are ``key=value`` changes to the shared run config (anything but the design). ``threads``
-    (default: torch's current count) is used for training and for every measurement. Returns the content of
-    ``results.json``: ``{"designs": {name: {AP, AP50, APs, APm, APl, AR100, GFLOPs, params, latency_s,
-    train_peak_mb, infer_peak_mb, iterations, train_s, run}}, "config": {designs, data, budget, seed, run (the
-    shared run config), ...}, "machine": {cpu, cores, threads, torch, ...}, "elapsed_s": wall time}``.
-    ``train_s`` is the training wall time of the run the weights come from (single-map's for image-pyramid).
+    ``overrides`` are ``key=value`` changes to the shared run config (anything but the design). Each design
+    is trained ``seeds`` times, with seeds ``seed`` to ``seed + seeds - 1``; ``backbone_weights`` is an
+    ImageNet ResNet checkpoint every design starts from. ``threads`` (default: torch's current count) is used
+    for training and for every measurement. Returns the content of ``results.json``: ``{"designs": {name:
+    {AP, AP50, AP75, APs, APm, APl, AR100 (means over the seeds), spread: {metric: {mean, min, max, values}},
+    GFLOPs, params, latency_s, latency_rounds_s, train_peak_mb, infer_peak_mb, iterations, train_s, run,
+    runs}}, "config": {designs, data, budget, seed, seeds, run (the shared run config), ...},
+    "differences": [lines], "machine": {cpu, cores, threads, torch, ...}, "elapsed_s": wall time}``.
+    ``train_s`` is the mean training wall time of the runs the weights come from (single-map's for
+    image-pyramid).
     """
     designs = check_designs(designs)
+    if seeds < 1:
+        raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    overrides = [*overrides, *backbone_override(backbone_weights)]
     shared = compare_config(
         data=data, model_preset=model_preset, iters=iters, minutes=minutes, seed=seed, overrides=overrides
     )
@@ -217,14 +236,31 @@ def compare(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _compare(designs, shared, out, threads=threads, latency_runs=latency_runs, progress=progress)
+        seed_list = list(range(seed, seed + seeds))
+        return _compare(
+            designs, shared, out, seeds=seed_list, threads=threads, latency_runs=latency_runs, progress=progress
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
 
+def backbone_override(weights: str | None) -> list[str]:
+    """``model.backbone.weights=<absolute path>`` for an ImageNet checkpoint (a URL as given); refused up front
+    when the file is missing, before any design trains."""
+    if weights is None:
+        return []
+    if weights.startswith(("http://", "https://")):
+        return [f"model.backbone.weights={weights}"]
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--backbone-weights {weights}: no such file")
+    return [f"model.backbone.weights={path.resolve()}"]
+
+
 def _compare(
-    designs: list[str], shared: RunConfig, out: Path, *, threads: int, latency_runs: int, progress: bool
-) -> dict[str, Any]:
+    designs: list[str], shared: RunConfig, out: Path, *, seeds: list[int], threads: int, latency_runs: int,
+    progress: bool,
+) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
     val = load_dataset(shared.data, "val")  # the built-in set is generated here the first time
     probe_image = val[0][0]
@@ -238,6 +274,7 @@ def _compare(
             "data": shared.data,
             "budget": {"iters": shared.train.iters, "minutes": shared.train.minutes},
             "seed": shared.train.seed,
+            "seeds": seeds,
             "reference": REFERENCE,
             "probe_image": val.records[0].file_name,
             "latency_runs": latency_runs,
@@ -250,21 +287,38 @@ def _compare(
     try:
         for design in bar:
             row = run_design(
-                design, shared, out, probe_image, threads=threads, latency_runs=latency_runs, progress=progress,
+                design, shared, out, probe_image, seeds=seeds, threads=threads, progress=progress,
                 status=lambda text, design=design: bar.set_postfix_str(f"{design}: {text}"),
             )  # fmt: skip
             results["designs"][design] = row
             results["elapsed_s"] = round(time.perf_counter() - started, 1)  # this call's wall time, so far
             atomic_write_text(json.dumps(results, indent=2) + "\n", out / "results.json")  # partial results survive
-            line = f"{design}: {summary_line(row)}"
-            if progress:
-                tqdm.write(line, file=sys.stderr)
-            else:
-                logger.info(line)
+        bar.set_postfix_str(f"latency, {latency_runs} rounds")
+        models = {design: load_detector(Path(row["run"]) / "model.pt")[0] for design, row in results["designs"].items()}
+        rounds = latency_rounds(models, probe_image, rounds=latency_runs, warmup=LATENCY_WARMUP)
+        for design, latency in medians(rounds).items():
+            results["designs"][design].update(latency_s=round(latency, 5), latency_rounds_s=rounds[design])
     finally:
         bar.close()
+    spreads = {design: row.get("spread", {}) for design, row in results["designs"].items()}
+    results["differences"] = differences(spreads, REFERENCE, METRICS, len(seeds))
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+    atomic_write_text(json.dumps(results, indent=2) + "\n", out / "results.json")
+    for design, row in results["designs"].items():
+        line = f"{design}: {summary_line(row)}"
+        if progress:
+            tqdm.write(line, file=sys.stderr)
+        else:
+            logger.info(line)
     write_report(results, out)
     return results
+
+
+def run_dirs(out: Path, design: str, seeds: list[int]) -> list[Path]:
+    """``runs/<design>`` for one seed; ``runs/<design>-seed<k>`` for each of several."""
+    if len(seeds) == 1:
+        return [out / "runs" / design]
+    return [out / "runs" / f"{design}-seed{seed}" for seed in seeds]
 
 
 def run_design(
@@ -273,37 +327,49 @@ def run_design(
     out: Path,
     probe_image: torch.Tensor,
     *,
+    seeds: Sequence[int] | None = None,
     threads: int,
-    latency_runs: int,
     progress: bool,
     status: Callable[[str], object] = lambda text: None,
 ) -> dict[str, Any]:
-    """One design's row of the results: train (or reuse) its run under ``out/runs``, evaluate, measure."""
-    run_dir, source_dir = out / "runs" / design, out / "runs" / trained_design(design)
-    config = design_config(shared, design)
-    status(f"training {trained_design(design)}")
-    ensure_trained(design_config(shared, trained_design(design)), source_dir, progress=progress)
-    if design == "image-pyramid":
-        status(f"evaluating at {len(config.model.pyramid.test_scales)} scales")
-        derive_image_pyramid(source_dir, run_dir, config, progress=progress)
-    status("evaluating")
-    metrics = run_metrics(run_dir, config, progress=progress)
+    """One design's row of the results, latency aside (measured in rounds across the designs): train (or
+    reuse) its run of every seed under ``out/runs``, evaluate each; the costs of the first seed's model."""
+    seeds = list(seeds) if seeds is not None else [shared.train.seed]
+    run_list = run_dirs(out, design, seeds)
+    source_list = run_dirs(out, trained_design(design), seeds)
+    per_seed: list[dict[str, float | None]] = []
+    for seed, run_dir, source_dir in zip(seeds, run_list, source_list, strict=True):
+        seeded = RunConfig.from_dict(shared.to_dict())
+        seeded.train.seed = seed
+        config = design_config(seeded, design)
+        what = f" (seed {seed})" if len(seeds) > 1 else ""
+        status(f"training {trained_design(design)}{what}")
+        ensure_trained(design_config(seeded, trained_design(design)), source_dir, progress=progress)
+        if design == "image-pyramid":
+            status(f"evaluating at {len(config.model.pyramid.test_scales)} scales{what}")
+            derive_image_pyramid(source_dir, run_dir, config, progress=progress)
+        status(f"evaluating{what}")
+        per_seed.append(run_metrics(run_dir, config, progress=progress))
     status("measuring")
-    row: dict[str, Any] = {key: metrics.get(key) for key in METRICS}
-    row.update(_measure(run_dir / "model.pt", config, probe_image, threads=threads, latency_runs=latency_runs))
-    row["iterations"] = read_state_dict(run_dir / "model.pt").get("iteration")
-    row["train_s"] = training_seconds(source_dir)
-    row["run"] = str(run_dir)
+    row: dict[str, Any] = {}
+    spread = {key: summarise([metrics.get(key) for metrics in per_seed]) for key in METRICS}
+    for key in METRICS:
+        row[key] = per_seed[0].get(key) if spread[key] is None else spread[key]["mean"]
+    if len(seeds) > 1:
+        row["spread"] = spread
+    row.update(_measure(run_list[0] / "model.pt", design_config(shared, design), probe_image, threads=threads))
+    row["iterations"] = read_state_dict(run_list[0] / "model.pt").get("iteration")
+    train_s = [training_seconds(source_dir) for source_dir in source_list]
+    row["train_s"] = None if None in train_s else round(sum(train_s) / len(train_s), 2)
+    row["run"] = str(run_list[0])
+    row["runs"] = [str(run_dir) for run_dir in run_list]
     return row
 
 
-def _measure(
-    model_path: Path, config: RunConfig, image: torch.Tensor, *, threads: int, latency_runs: int
-) -> dict[str, Any]:
+def _measure(model_path: Path, config: RunConfig, image: torch.Tensor, *, threads: int) -> dict[str, Any]:
     model, _ = load_detector(model_path)  # on the CPU, in eval mode
     return {
         "GFLOPs": forward_gflops(model, image),
         "params": sum(p.numel() for p in model.parameters()),
-        "latency_s": round(forward_latency(model, image, runs=latency_runs, warmup=LATENCY_WARMUP), 5),
         **measure_memory(model_path, config, threads=threads),
     }

@@ -17,7 +17,7 @@ from fpn.viz.save import save_picture
 #: results.md's columns: (header, results key, scale applied to the value for display, whether it is an AP).
 #: The AP-like ones are the metrics compare reads from each run's evaluation, the others its costs.
 COLUMNS = (
-    *((name, name, 1.0, True) for name in ("AP", "AP50", "APs", "APm", "APl", "AR100")),
+    *((name, name, 1.0, True) for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")),
     ("GFLOPs", "GFLOPs", 1.0, False),
     ("params (M)", "params", 1e-6, False),
     ("latency (ms)", "latency_s", 1e3, False),
@@ -53,11 +53,22 @@ def format_number(value: float, *, fixed: bool = False) -> str:
     return f"{value:.3g}"
 
 
-def format_cell(value: float | None, reference: float | None, *, scale: float = 1.0, fixed: bool = False) -> str:
-    """``"12.3 (0.85x)"``: the value and its ratio to the reference's; ``-`` where there is no value."""
+def format_cell(
+    value: float | None,
+    reference: float | None,
+    *,
+    scale: float = 1.0,
+    fixed: bool = False,
+    spread: dict[str, Any] | None = None,
+) -> str:
+    """``"12.3 (0.85x)"``: the value and its ratio to the reference's; ``-`` where there is no value. With a
+    ``spread`` over seeds (``{"min", "max"}``) the range follows the value: ``"12.3 [11.9-12.8] (0.85x)"``."""
     if value is None:
         return "-"
     text = format_number(value * scale, fixed=fixed)
+    if spread is not None:
+        low, high = (format_number(spread[end] * scale, fixed=fixed) for end in ("min", "max"))
+        text += f" [{low}-{high}]"
     if reference:  # no ratio to a missing or zero reference
         text += f" ({value / reference:.2f}x)"
     return text
@@ -83,7 +94,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"One detector (backbone R{run['model']['backbone']['depth']} width {run['model']['backbone']['width']}, "
         f"d = {run['model']['pyramid']['channels']}) per design, trained on `{config['data']}` for {spent} of "
         f"{run['train']['batch_size']} images ({run['train']['schedule']} schedule, lr {run['train']['lr']}, "
-        f"seed {config['seed']}); COCO metrics on the val split. Costs on {machine['cpu']} with "
+        f"{_seeds_text(config)}); COCO metrics on the val split. Costs on {machine['cpu']} with "
         f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}, torch {machine['torch']}, for one "
         f"image (`{config['probe_image']}`).",
         "",
@@ -93,24 +104,39 @@ def results_markdown(results: dict[str, Any]) -> str:
     header = ["design", *(column[0] for column in COLUMNS)]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for design, row in rows.items():
+        spreads = row.get("spread") or {}
         cells = [
-            format_cell(row.get(key), None if reference is None else reference.get(key), scale=scale, fixed=fixed)
+            format_cell(
+                row.get(key), None if reference is None else reference.get(key), scale=scale, fixed=fixed,
+                spread=spreads.get(key),
+            )
             for _, key, scale, fixed in COLUMNS
-        ]
+        ]  # fmt: skip
         lines.append(f"| `{design}` | " + " | ".join(cells) + " |")
     lines += [
         "",
         "- GFLOPs: one forward pass in eval mode (FlopCounterMode, 2 per multiply-add), every test scale for "
         "`image-pyramid`.",
         f"- latency: median of {config['latency_runs']} CPU forward passes after {config['latency_warmup']} "
-        "untimed ones.",
+        "untimed ones, timed in alternating rounds across the designs (each round every design once).",
         "- peak memory: resident memory one step adds to a process holding the model (fresh subprocess); "
         "train = forward, backward and update of one batch at the largest training scale.",
         "- `image-pyramid` is the `single-map` model run at the test scales "
         f"{run['model']['pyramid']['test_scales']}: it trains as `single-map` does.",
         "",
     ]
+    if results.get("differences"):
+        lines += ["## Which differences exceed the seed-to-seed spread", ""]
+        lines += [f"- {line}" for line in results["differences"]] + [""]
     return "\n".join(lines)
+
+
+def _seeds_text(config: dict[str, Any]) -> str:
+    """``seed 0``, or for several ``seeds 0-2: each number the mean, the range over the seeds in brackets``."""
+    seeds = config.get("seeds") or [config["seed"]]
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {seeds[0]}-{seeds[-1]}: each metric the mean, its range over the seeds in brackets"
 
 
 def _figure(size: tuple[float, float]):
