@@ -46,14 +46,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_only
 
 
-def test_two_processes_match_one_with_the_same_global_batch(data: Path, tmp_path: Path) -> None:
+# The from-scratch recipe: its draws are keyed by the global slot too, and every process keeps the same average.
+RECIPE = ["train.mosaic=1.0", "train.scale_jitter=0.5", "train.hsv=[0.015,0.7,0.4]", "train.ema=0.9", "train.ema_tau=2"]
+
+
+@pytest.mark.parametrize("recipe", [[], RECIPE], ids=["plain", "recipe"])
+def test_two_processes_match_one_with_the_same_global_batch(data: Path, tmp_path: Path, recipe: list[str]) -> None:
     ddp_run = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     env["OMP_NUM_THREADS"] = "1"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "fpn", "train", "--data", str(data), "--model", "micro-fpn", "--out", str(ddp_run), "--iters", "3",
-        "--device", "cpu", *OVERRIDES, "train.batch_size=1",
+        "--device", "cpu", *OVERRIDES, "train.batch_size=1", *recipe,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -64,7 +69,14 @@ def test_two_processes_match_one_with_the_same_global_batch(data: Path, tmp_path
     try:
         config = build_run_config(
             {"model": to_dict(preset("micro-fpn")), "data": str(data)},
-            overrides=[*OVERRIDES, "train.iters=3", "train.epochs=null", "train.batch_size=2", "train.device=cpu"],
+            overrides=[
+                *OVERRIDES,
+                "train.iters=3",
+                "train.epochs=null",
+                "train.batch_size=2",
+                "train.device=cpu",
+                *recipe,
+            ],
         )
         single = train(config, tmp_path / "single", progress=False)
     finally:
@@ -87,3 +99,5 @@ def test_two_processes_match_one_with_the_same_global_batch(data: Path, tmp_path
     for a, b in zip(lines, single_lines):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     assert read_state_dict(ddp_run / "last.pt")["world_size"] == 2
+    if recipe:  # model.pt holds the average, over the same 3 updates as one process's
+        assert read_state_dict(ddp_run / "model.pt")["ema"]["updates"] == 3
