@@ -3,9 +3,10 @@
 Plain deterministic weights give FCOS class logits of std ~0.6 around 0, so nearly every (location, class)
 pair scores above the 0.2 threshold and the detections are a near-tie of thousands. Arranged as a trained
 model's are (most pairs far below the threshold, a few far above), the goldens decide their detections by
-clear margins: the class logits' weights are scaled by ``CLS_SCALE`` and shifted by ``CLS_BIAS`` (at 800 px
-about 500 / 100 / 30 / 8 / 2 candidates on P3..P7 of a photo, under the 1000-per-level cut), and the box
-codes by ``REG_SCALE`` and ``REG_BIAS`` (boxes of about two strides, so that NMS has overlaps to resolve).
+clear margins: the class logits' weights are scaled by ``CLS_SCALE`` and shifted by ``CLS_BIAS`` (at 320 px
+about 60-500 / 10-30 / 10 / 0-1 / 0 candidates on P3..P7; at 800 px 500-2000 on P3, so the 1000-per-level
+cut acts there, on candidates far below the 100-detection cut's score), and the box codes by ``REG_SCALE`` and
+``REG_BIAS`` (boxes of about two strides, so that NMS has overlaps to resolve).
 Scaling by powers of two and adding a constant are exact float32 operations, so the reference venv and the
 test suite get the same bits. Imported by ``make_fcos_goldens.py`` and the tests (``sys.path``).
 """
