@@ -29,6 +29,7 @@ from fpn.version import __version__
 _PUBLIC = {
     "FasterRCNN": "fpn.detection",
     "FCOS": "fpn.detection",
+    "RetinaNet": "fpn.detection",
     "load_detector": "fpn.detection",
     "save_detector": "fpn.detection",
     "preset": "fpn.presets",

@@ -6,6 +6,7 @@ from fpn.detection.build import DETECTOR_CLASSES, build_detector
 from fpn.detection.checkpoint import load_detector, save_detector
 from fpn.detection.faster_rcnn import FasterRCNN
 from fpn.detection.fcos import FCOS
+from fpn.detection.retinanet import RetinaNet
 from fpn.detection.roi_heads import RoIHeads
 from fpn.detection.rpn import RegionProposalNetwork
 from fpn.detection.transform import DetectionTransform
@@ -18,6 +19,7 @@ __all__ = [
     "FasterRCNN",
     "PyramidDetector",
     "RegionProposalNetwork",
+    "RetinaNet",
     "RoIHeads",
     "build_detector",
     "load_detector",

@@ -11,10 +11,11 @@ from fpn.config import ModelConfig
 from fpn.detection.base import PyramidDetector
 from fpn.detection.faster_rcnn import FasterRCNN
 from fpn.detection.fcos import FCOS
+from fpn.detection.retinanet import RetinaNet
 from fpn.errors import ConfigError
 
 #: ``config.detector`` -> the class that builds it.
-DETECTOR_CLASSES: dict[str, type[PyramidDetector]] = {"faster-rcnn": FasterRCNN, "fcos": FCOS}
+DETECTOR_CLASSES: dict[str, type[PyramidDetector]] = {"faster-rcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS}
 
 
 def build_detector(config: ModelConfig) -> PyramidDetector:

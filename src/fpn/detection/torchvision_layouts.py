@@ -14,7 +14,7 @@ from typing import Any
 
 from fpn.config import ModelConfig
 from fpn.errors import CheckpointError
-from fpn.presets import fcos_r50, r50_fpn
+from fpn.presets import fcos_r50, r50_fpn, retinanet_r50
 
 State = Mapping[str, Any]
 
@@ -71,6 +71,24 @@ def fpn_block_renamer(first: int) -> Callable[[str], str | None]:
 def has_norm_in_fpn_blocks(state: State) -> bool:
     """v2 models put a norm after each FPN conv: ``backbone.fpn.inner_blocks.{i}.1.*``."""
     return any(k.startswith("backbone.fpn.inner_blocks.") and k.split(".")[4:5] == ["1"] for k in state)
+
+
+def extra_block_key(key: str) -> str | None:
+    """torchvision's ``backbone.fpn.extra_blocks.{p6,p7}.{weight,bias}`` (``LastLevelP6P7``) -> ``pyramid.extra...``."""
+    parts = key.split(".")
+    if len(parts) == 5 and parts[:3] == ["backbone", "fpn", "extra_blocks"] and parts[3] in ("p6", "p7"):
+        return f"pyramid.extra.{parts[3]}.{parts[4]}"
+    return None
+
+
+def own_classes(config: ModelConfig, weights: Mapping[str, Any], key: str, slots: int, source: str) -> None:
+    """Placeholder names for a fine-tuned torchvision model's own classes (``slots`` outputs of ``key`` per
+    class, background's included), when their count is not COCO's 91; refuses weights without ``key``."""
+    rows = weights.get(key)
+    if rows is None:
+        raise CheckpointError(f"{source}: torchvision layout without {key}")
+    if rows.shape[0] != config.num_classes * slots:
+        config.class_names = [f"class_{i}" for i in range(1, rows.shape[0] // slots)]
 
 
 # ------------------------------------------------------------------------------------------ Faster R-CNN
@@ -179,5 +197,79 @@ def convert_fcos(state: State, source: str) -> tuple[ModelConfig, dict[str, Any]
 
 FCOS = TorchvisionLayout("fcos_resnet50_fpn", is_fcos, fcos_look_alike, convert_fcos)
 
+# --------------------------------------------------------------------------------------------- RetinaNet
+
+#: torchvision's RetinaNet head modules -> ours (:class:`fpn.detection.retinanet.RetinaNetHead`).
+RETINANET_HEAD = {
+    "head.classification_head.conv": "head.cls_subnet",
+    "head.regression_head.conv": "head.box_subnet",
+    "head.classification_head.cls_logits": "head.cls_logits",
+    "head.regression_head.bbox_reg": "head.bbox_pred",
+}
+RETINANET_ANCHORS = 9  # 3 sizes x 3 aspect ratios per cell
+
+
+def retinanet_key(key: str) -> str | None:
+    """Our name for a torchvision ``retinanet_resnet50_fpn`` key (its old and new module layouts), else None.
+
+    A subnet is 4 x (conv, ReLU): ``conv.{i}.0.{leaf}`` (``Conv2dNormActivation``, torchvision >= 0.13) or
+    ``conv.{2i}.{leaf}`` (a flat ``nn.Sequential``, the released COCO checkpoint's layout, which torchvision
+    renames on load) is our layer ``i``'s ``conv``. A norm in the subnets (``conv.{i}.1``) is the v2 model's.
+    """
+    if key.startswith("backbone.body."):
+        return backbone_body_key(key)
+    if key.startswith("backbone.fpn.extra_blocks."):
+        return extra_block_key(key)
+    if key.startswith("backbone.fpn."):
+        return fpn_block_renamer(3)(key)
+    module, _, leaf = key.rpartition(".")
+    if module in RETINANET_HEAD:
+        return f"{RETINANET_HEAD[module]}.{leaf}"
+    parts = module.split(".")
+    tower = ".".join(parts[:3])
+    if tower not in RETINANET_HEAD or not all(part.isdigit() for part in parts[3:]):
+        return None
+    if len(parts) == 5 and parts[4] == "0":  # conv.{i}.0
+        return f"{RETINANET_HEAD[tower]}.{int(parts[3])}.conv.{leaf}"
+    if len(parts) == 4 and int(parts[3]) % 2 == 0:  # conv.{2i}
+        return f"{RETINANET_HEAD[tower]}.{int(parts[3]) // 2}.conv.{leaf}"
+    return None
+
+
+def is_retinanet_like(state: State) -> bool:
+    """RetinaNet's head names (FCOS has the same ones, plus a centerness output)."""
+    return (
+        "backbone.body.conv1.weight" in state
+        and "head.classification_head.cls_logits.weight" in state
+        and "head.regression_head.bbox_ctrness.weight" not in state
+    )
+
+
+def retinanet_v2(state: State) -> bool:
+    """v2: GroupNorm in the subnets (``conv.{i}.1.weight``) and P6 from C5 (2048 input channels)."""
+    norm = any(k.startswith("head.classification_head.conv.") and k.split(".")[4:5] == ["1"] for k in state)
+    p6 = state.get("backbone.fpn.extra_blocks.p6.weight")
+    return norm or (p6 is not None and p6.shape[1] != 256) or has_norm_in_fpn_blocks(state)
+
+
+def is_retinanet(state: State) -> bool:
+    return is_retinanet_like(state) and not retinanet_v2(state)
+
+
+def retinanet_look_alike(state: State) -> str | None:
+    return "retinanet_resnet50_fpn_v2" if is_retinanet_like(state) and retinanet_v2(state) else None
+
+
+def convert_retinanet(state: State, source: str) -> tuple[ModelConfig, dict[str, Any]]:
+    weights = rename_all(state, retinanet_key, source=source, model="retinanet_resnet50_fpn")
+    config = retinanet_r50()
+    # torchvision runs its COCO checkpoint with FrozenBatchNorm eps = 0 (overwrite_eps), as Faster R-CNN's.
+    config.backbone.bn_eps = 0.0
+    own_classes(config, weights, "head.cls_logits.weight", RETINANET_ANCHORS, source)
+    return config, weights
+
+
+RETINANET = TorchvisionLayout("retinanet_resnet50_fpn", is_retinanet, retinanet_look_alike, convert_retinanet)
+
 #: Every torchvision detector layout this project loads, tried in order.
-LAYOUTS: tuple[TorchvisionLayout, ...] = (FASTER_RCNN, FCOS)
+LAYOUTS: tuple[TorchvisionLayout, ...] = (FASTER_RCNN, RETINANET, FCOS)
