@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from fpn.data import load_dataset
     from fpn.detection import build_detector
     from fpn.detection.checkpoint import load_detector
+    from fpn.errors import ConfigError
     from fpn.presets import preset
     from fpn.viz.anchor_fit import fit, fit_figure
     from fpn.viz.save import save_picture
@@ -47,18 +48,41 @@ def run(args: argparse.Namespace) -> int:
         config = from_dict(ModelConfig, data)
         config.class_names = list(dataset.names)
         model = build_detector(config)
-    pool_levels = [lv.index for lv in model.roi_heads.pooler.levels]
-    result = fit(dataset, config, pool_levels)
+    if hasattr(model, "roi_heads"):  # two-stage: the levels RoIs are pooled from, by the paper's rule
+        result = fit(dataset, config, [lv.index for lv in model.roi_heads.pooler.levels])
+    else:
+        per_level = model.anchor_sizes()
+        if not per_level:
+            raise ConfigError(f"fpn anchors: the {config.detector} detector has no anchors to fit")
+        result = fit(
+            dataset,
+            config,
+            [],
+            anchor_sizes=sorted(s for v in per_level.values() for s in v),
+            level_ranges=anchor_ranges(per_level),
+        )
     name = args.weights or f"{args.model} ({config.pyramid.design})"
     figure = fit_figure(result, f"{args.data} [{args.split}] vs {name}")
     save_picture(figure, picture, dpi=110)
     summary = result.summary()
     atomic_write_text(json.dumps(summary, indent=2) + "\n", summary_path)
     print(f"{summary['objects']} objects; size percentiles (1/10/50/90/99): {summary['size_percentiles']}")
-    print(f"anchor sizes {summary['anchor_sizes']}; RoI levels {summary['roi_levels']}")
+    kind = "RoI levels" if hasattr(model, "roi_heads") else "anchor levels"
+    print(f"anchor sizes {summary['anchor_sizes']}; {kind} {summary['roi_levels']}")
     for note in result.notes:
         print(f"- {note}")
     if result.tile is not None:
         print(result.tile.line)
     print(f"picture -> {args.out}")
     return 0
+
+
+def anchor_ranges(per_level: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, float]]:
+    """The object sizes each level's anchors serve: from its smallest anchor to the next level's (open at both
+    ends), as a one-stage detector's IoU matcher spreads objects over its levels."""
+    names = list(per_level)
+    lows = [min(per_level[name]) for name in names]
+    return {
+        name: (0.0 if i == 0 else lows[i], float("inf") if i == len(names) - 1 else lows[i + 1])
+        for i, name in enumerate(names)
+    }

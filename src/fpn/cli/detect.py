@@ -30,6 +30,7 @@ from tqdm import tqdm
 from fpn.cli.options import add_score_thresh, add_tile_options, iou, tile_options, whole_number
 from fpn.config import ModelConfig
 from fpn.data.images import list_images
+from fpn.detection.base import OUTPUT_SECTIONS
 from fpn.detection.checkpoint import load_detector
 from fpn.detection.classes import select_labels
 from fpn.device import resolve_device
@@ -67,14 +68,16 @@ def add_parser(subparsers) -> None:
         type=iou,
         metavar="0..1",
         help="the final class-wise NMS: of two boxes of one class overlapping by more than this IoU, the "
-        "lower-scored goes (default: the checkpoint's roi_heads.nms_thresh, 0.5 in every preset)",
+        "lower-scored goes (default: the checkpoint's roi_heads.nms_thresh, or its retinanet. / fcos. one: 0.5, "
+        "fcos-r50's 0.6)",
     )
     p.add_argument(
         "--max-detections",
         type=whole_number(1),
         metavar="N",
         help="keep at most N detections per image, the highest-scored "
-        "(default: the checkpoint's roi_heads.detections_per_image, 100 in r50-fpn)",
+        "(default: the checkpoint's roi_heads.detections_per_image, or its retinanet. / fcos. one: 100 in r50-fpn, "
+        "300 in retinanet-r50)",
     )
     p.add_argument(
         "--size",
@@ -129,9 +132,13 @@ def class_list(text: str) -> list[str]:
 def model_overrides(args: argparse.Namespace) -> list[str]:
     """The model config overrides this run asks for: the flags' keys, then --set's (so --set has the last word,
     as train's overrides do after its flags)."""
+    # Each detector reads its own section (roi_heads, retinanet, fcos), so the flags set all of them.
     flags = {
-        "roi_heads.nms_thresh": args.nms_iou,
-        "roi_heads.detections_per_image": args.max_detections,
+        f"{section}.{key}": value
+        for section in OUTPUT_SECTIONS.values()
+        for key, value in (("nms_thresh", args.nms_iou), ("detections_per_image", args.max_detections))
+    }
+    flags |= {
         "transform.min_size": None if args.size is None else [args.size],
         "transform.max_size": args.max_size,
     }

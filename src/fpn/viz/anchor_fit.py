@@ -151,18 +151,29 @@ def centred_iou(w: np.ndarray, h: np.ndarray, aw: np.ndarray, ah: np.ndarray) ->
     return inter / (w[:, None] * h[:, None] + aw[None] * ah[None] - inter)
 
 
-def fit(dataset: DetectionDataset, config: ModelConfig, pool_levels: list[int]) -> AnchorFit:
-    """Measure how ``config``'s anchors and RoI levels (indices ``pool_levels``) cover ``dataset``'s objects."""
+def fit(
+    dataset: DetectionDataset,
+    config: ModelConfig,
+    pool_levels: list[int],
+    *,
+    anchor_sizes: list[float] | None = None,
+    level_ranges: dict[str, tuple[float, float]] | None = None,
+) -> AnchorFit:
+    """Measure how ``config``'s anchors and RoI levels (indices ``pool_levels``) cover ``dataset``'s objects.
+
+    A one-stage detector has no RoI levels: it passes its own ``anchor_sizes`` (every level's, e.g. RetinaNet's
+    three per octave) and ``level_ranges`` (the object sizes each level's anchors serve) instead.
+    """
     w, h = object_sizes(dataset, config)
     sizes = np.sqrt(w * h)
     ratios = np.asarray(config.anchors.aspect_ratios, dtype=np.float64)
-    scales = np.asarray(config.anchors.sizes, dtype=np.float64)
+    scales = np.asarray(anchor_sizes if anchor_sizes is not None else config.anchors.sizes, dtype=np.float64)
     aw = (scales[None, :] / np.sqrt(ratios)[:, None]).reshape(-1)  # aspect ratio = h / w, area = size^2
     ah = (scales[None, :] * np.sqrt(ratios)[:, None]).reshape(-1)
     best = centred_iou(w, h, aw, ah).max(axis=1) if len(w) else np.zeros(0)
     roi = config.roi_heads
-    ranges = {}
-    for k in pool_levels:
+    ranges = dict(level_ranges or {})
+    for k in pool_levels if level_ranges is None else []:
         low = roi.canonical_size * 2.0 ** (k - roi.canonical_level)
         ranges[f"p{k}"] = (0.0 if k == pool_levels[0] else low, np.inf if k == pool_levels[-1] else 2 * low)
     notes = []
