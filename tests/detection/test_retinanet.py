@@ -204,7 +204,8 @@ def test_a_run_on_b_c_starts_from_the_a_b_checkpoint(tmp_path, monkeypatch, capl
     for key in CLS:
         new, was = at_step_0[key].reshape(9, 3, -1), old[key].reshape(9, 3, -1)  # [anchor, slot, ...]
         assert torch.equal(new[:, 0], was[:, 0]) and torch.equal(new[:, 1], was[:, 2]), key  # background, b
-    assert torch.allclose(at_step_0["head.cls_logits.bias"].view(9, 3)[:, 2], torch.tensor(-math.log(99.0)))  # c: the prior
+    prior = torch.tensor(-math.log(99.0))
+    assert torch.allclose(at_step_0["head.cls_logits.bias"].view(9, 3)[:, 2], prior)  # c: the fresh prior
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--weights")]
     assert line == (
         f"--weights {trained_ab}: loaded {len(shared)} of {len(old)} tensors; re-made head.cls_logits for 1 new "
