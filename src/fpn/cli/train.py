@@ -19,6 +19,13 @@ At the end, beside metrics.json (whose best_score_threshold ``fpn detect`` sugge
 final val evaluation's plots: pr_curves.png, f1_curve.png, confusion_matrix.png and val_grid.png (see
 ``fpn.viz.eval_plots``), from the curves.json the run writes.
 
+Augmentation and weight averaging beyond the flips (off unless set, as bare train keys): mosaic=P (four images
+on one canvas with probability P, off for the last close_mosaic=0.1 of the run), scale_jitter=S and
+translate=T (random scale gain in [1-S, 1+S], shift up to T of the image), hsv=[h,s,v] (colour gains, e.g.
+Ultralytics' [0.015,0.7,0.4]), ema=D (a moving average of the weights with decay D, ramped over ema_tau
+updates; evaluated at the end and saved as model.pt). Boxes cut by mosaic or a shift are kept with at least
+augment_min_visible=0.1 of their area. benchmarks/results/recipe_*.md has what they did at CPU budgets.
+
 Ctrl-C (or SIGTERM) stops after the iteration under way with a checkpoint and prints the command that
 resumes; ``--resume`` continues exactly where the run stopped, even after a kill -9. A finished run is left
 as it is, unless a larger ``--iters`` / ``--minutes`` extends it: the learning-rate schedule then goes on
