@@ -99,3 +99,19 @@ def test_detect_with_torchvisions_retinanet_at_800_px(tmp_path, flags):
             assert_same_detections(ours, theirs, JSON_BOX_TOL, JSON_SCORE_TOL)
         else:  # bf16: close, not equal
             assert abs(len(ours["boxes"]) - len(theirs["boxes"])) <= 0.2 * len(theirs["boxes"])
+
+
+def test_compare_under_retinanet(tmp_path, capsys):
+    """``fpn compare --detector retinanet``: the designs trained and measured under tiny-retinanet."""
+    from fpn.data import make_synthetic
+
+    data = make_synthetic(tmp_path / "set", num_train=4, num_val=2, image_size=96)
+    out = tmp_path / "cmp"
+    code = fpn("compare", "--data", data, "--designs", "fpn,image-pyramid", "--iters", 1, "--threads", 1,
+               "--detector", "retinanet", "--latency-runs", 1, "--out", out, "model.pyramid.test_scales=[64,96]",
+               "workers=0", "warmup_iters=1")  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["run"]["model"]["detector"] == "retinanet"
+    assert set(results["designs"]) == {"fpn", "image-pyramid"}
+    assert "| `fpn` |" in capsys.readouterr().out

@@ -46,7 +46,16 @@ def add_parser(subparsers) -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--iters", type=int, help=f"iterations per design (default: {DEFAULT_ITERS})")
     budget.add_argument("--minutes", type=float, help="minutes per design and seed (the schedule follows the clock)")
-    p.add_argument("--model", default="tiny-fpn", help=f"preset: {', '.join(PRESETS)} (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        help=f"preset: {', '.join(PRESETS)} (default: --detector's CPU preset: tiny-fpn, tiny-retinanet, ...)",
+    )
+    p.add_argument(
+        "--detector",
+        choices=tuple(DETECTOR_PRESETS),
+        default="faster-rcnn",
+        help="the detector every design runs under, when --model is not given: its CPU preset (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed, one for every design (default: %(default)s)")
     p.add_argument(
         "--seeds",
@@ -74,6 +83,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
+#: ``--detector`` -> the preset that trains it from scratch on a CPU in minutes.
+DETECTOR_PRESETS = {"faster-rcnn": "tiny-fpn", "retinanet": "tiny-retinanet", "fcos": "tiny-fcos"}
+
+
 def run(args: argparse.Namespace) -> int:
     designs = [name.strip() for name in args.designs.split(",") if name.strip()]
     out = check_writable(args.out, folder=True)  # before any training; creates nothing
@@ -81,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         designs,
         out_dir=out,
         data=args.data,
-        model_preset=args.model,
+        model_preset=args.model or DETECTOR_PRESETS[args.detector],
         iters=args.iters,
         minutes=args.minutes,
         seed=args.seed,
