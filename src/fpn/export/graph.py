@@ -24,11 +24,16 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from fpn.errors import ConfigError
+from fpn.export.one_stage import FCOSGraph, RetinaNetGraph
 from fpn.export.preprocess import Preprocess, to_original
 from fpn.export.two_stage import TwoStageGraph
 
 #: Detector kind (``model.detector`` in the config; Faster R-CNN where the key is absent) -> its graph.
-GRAPHS: dict[str, Callable[[nn.Module], nn.Module]] = {"faster-rcnn": TwoStageGraph}
+GRAPHS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    "faster-rcnn": TwoStageGraph,
+    "fcos": FCOSGraph,
+    "retinanet": RetinaNetGraph,
+}
 
 OUTPUTS = ("boxes", "scores", "labels", "levels", "batch_index")
 

@@ -214,7 +214,7 @@ def export_onnx(
         with torch.no_grad():
             reference = model(list(probe))
         tol = box_tolerance(model.transform, tuple(probe.shape[-2:]), box_tol)
-        cap = model.config.roi_heads.detections_per_image
+        cap = model.output_config.detections_per_image
         differences = [compare(ours, theirs, tol, score_tol, cap) for ours, theirs in zip(exported, reference)]
         for difference in differences:
             if difference.problem:
