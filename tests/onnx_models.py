@@ -9,6 +9,9 @@ import torch
 
 from fpn.data.images import open_image, pil_to_tensor
 from fpn.detection import FasterRCNN
+from fpn.detection.fcos import FCOS
+from fpn.detection.retinanet import RetinaNet
+from fpn.export.check import SCORE_TOL, below_cap_ties, box_tolerance, compare
 from fpn.presets import preset
 
 IMAGES = sorted((Path(__file__).parent / "golden" / "images").glob("*.png"))
@@ -37,3 +40,38 @@ def spread_model(
 def golden_images() -> list[torch.Tensor]:
     """The three golden pictures (237x311, 300x199, 181x256), float32 ``[3, H, W]`` in 0..1."""
     return [pil_to_tensor(open_image(path)) for path in IMAGES]
+
+
+def dense_model(name: str, seed: int = 0, cls_std: float = 0.05, box_std: float = 0.01, **section) -> torch.nn.Module:
+    """A one-stage preset (``tiny-fcos``, ``tiny-retinanet``) in eval mode with seeded weights, its classifier
+    widened: a fresh head scores every location at the prior (0.01, below every threshold), so no detection;
+    at std 0.05 a few dozen (location, class) pairs per image score far above the threshold and the rest far
+    below, and box_std 0.01 keeps the box codes near the bias (boxes of a stride or two). ``section`` sets the
+    detector's inference settings (``score_thresh``, ``topk_candidates``, ``detections_per_image``)."""
+    torch.manual_seed(seed)
+    config = preset(name)
+    model = (FCOS if config.detector == "fcos" else RetinaNet)(config)
+    for key, value in section.items():
+        setattr(model.output_config, key, value)
+    with torch.no_grad():
+        model.head.cls_logits.weight.normal_(0, cls_std)
+        model.head.bbox_pred.weight.normal_(0, box_std)
+    return model.eval()
+
+
+def assert_same(onnx_model, model, images: list[torch.Tensor]) -> int:
+    """Each image's detections, exported (as a batch where sizes agree) and in PyTorch: the same set, the same
+    levels; returns how many. PyTorch runs each image alone: a batch of several sizes is padded to the largest,
+    which moves the coarse levels' anchors (their stride is the padded size // the map's)."""
+    with torch.no_grad():
+        reference = [model([image])[0] for image in images]
+    total = 0
+    for image, ours, theirs in zip(images, onnx_model(images), reference):
+        tol = box_tolerance(model.transform, tuple(image.shape[-2:]))
+        cap = model.output_config.detections_per_image
+        difference = compare(ours, theirs, tol, SCORE_TOL, cap)
+        assert difference.problem is None, (tuple(image.shape), difference)
+        ours, theirs = below_cap_ties(ours, theirs, cap, SCORE_TOL)  # the levels of the compared detections
+        assert torch.equal(ours["levels"].sort().values, theirs["levels"].sort().values)
+        total += len(ours["boxes"])
+    return total

@@ -6,33 +6,11 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from onnx_models import golden_images, spread_model
+from onnx_models import assert_same, golden_images, spread_model
 
 from fpn.errors import ConfigError
-from fpn.export.check import SCORE_TOL, box_tolerance, compare
 from fpn.export.onnx_export import ExportOptions, export_onnx
 from fpn.export.runtime import OnnxDetector
-
-
-def tolerance(image: torch.Tensor, model) -> float:
-    return box_tolerance(model.transform, tuple(image.shape[-2:]))
-
-
-def assert_same(onnx_model: OnnxDetector, model, images: list[torch.Tensor]) -> int:
-    """Each image's detections, exported (as a batch where sizes agree) and in PyTorch: the same set. PyTorch
-    runs each image alone: a batch of several sizes is padded to the largest, which moves the coarse levels'
-    anchors (their stride is the padded size // the map's)."""
-    with torch.no_grad():
-        reference = [model([image])[0] for image in images]
-    total = 0
-    for image, ours, theirs in zip(images, onnx_model(images), reference):
-        difference = compare(
-            ours, theirs, tolerance(image, model), SCORE_TOL, model.config.roi_heads.detections_per_image
-        )
-        assert difference.problem is None, (tuple(image.shape), difference)
-        assert torch.equal(ours["levels"].sort().values, theirs["levels"].sort().values)
-        total += len(ours["boxes"])
-    return total
 
 
 @pytest.fixture(scope="module")

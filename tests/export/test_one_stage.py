@@ -1,0 +1,74 @@
+"""The one-stage detectors' exported graphs (FCOS, RetinaNet) against PyTorch: sizes (odd ones), batches of 1
+and 3 through one dynamic file, a flat image with no detection, a full cap of detections, the levels."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx_models import assert_same, dense_model, golden_images
+
+from fpn.export.onnx_export import ExportOptions, export_onnx
+from fpn.export.runtime import OnnxDetector
+
+PRESETS = ["tiny-fcos", "tiny-retinanet"]
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def exported(request, tmp_path_factory):
+    """``(model, OnnxDetector)``: one file with a dynamic size and batch per preset."""
+    model = dense_model(request.param)
+    path = tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx"
+    report = export_onnx(model, path, ExportOptions(dynamic_size=True, batch=None, size=(237, 311)))
+    assert [shape for shape, _ in report.probes] == [(1, 3, 237, 311), (3, 3, 177, 389)]
+    assert all(difference.count > 0 for _, difference in report.probes)
+    return model, OnnxDetector(path)
+
+
+def test_sizes_one_by_one(exported):
+    model, onnx_model = exported
+    images = golden_images()
+    images += [F.interpolate(images[0][None], size=size, mode="bilinear")[0].clamp(0, 1) for size in
+               [(401, 603), (1001, 777), (97, 33), (32, 32)]]  # fmt: skip
+    assert assert_same(onnx_model, model, images) > 0
+
+
+def test_batch_of_three(exported):
+    """Three images of one size run as one [3, 3, H, W] batch: each image's detections are its own."""
+    model, onnx_model = exported
+    first = golden_images()[0]
+    images = [first, first.flip(-1), first.flip(-2)]
+    outputs = onnx_model.session.run(None, {"images": torch.stack(images).numpy()})
+    assert set(outputs[4].tolist()) == {0, 1, 2} and list(outputs[4]) == sorted(outputs[4])
+    assert assert_same(onnx_model, model, images) > 0
+
+
+def test_graph_holds_the_whole_model(exported):
+    model, onnx_model = exported
+    assert onnx_model.config == model.config
+    proto = onnx.load(str(onnx_model.path), load_external_data=False)
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"Resize", "Sigmoid", "TopK", "NonMaxSuppression", "Range"} <= ops and "RoiAlign" not in ops
+
+
+def test_levels_are_the_detectors(exported):
+    """Detections come from several levels and each keeps its own (compared as a multiset in assert_same)."""
+    model, onnx_model = exported
+    levels = torch.cat([d["levels"] for d in onnx_model(golden_images())])
+    assert len(levels.unique()) >= 2 and set(levels.tolist()) <= {lv.index for lv in model.levels}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_no_detections_and_many(name, tmp_path):
+    """A flat image finds nothing (zero rows through TopK, NMS and the ranking) at the preset's threshold; a
+    model keeping every candidate above 0.01 fills its 300 slots on every image."""
+    flat = torch.full((3, 150, 210), 0.5)
+    none = dense_model(name, score_thresh=0.9)
+    export_onnx(none, tmp_path / "none.onnx", ExportOptions(dynamic_size=True, size=(181, 256)))
+    assert assert_same(OnnxDetector(tmp_path / "none.onnx"), none, [flat, *golden_images()]) == 0
+    many = dense_model(name, score_thresh=0.01, detections_per_image=300)
+    export_onnx(many, tmp_path / "many.onnx", ExportOptions(dynamic_size=True, size=(181, 256)))
+    counts = [len(d["boxes"]) for d in OnnxDetector(tmp_path / "many.onnx")(golden_images())]
+    assert counts == [300] * 3
+    assert assert_same(OnnxDetector(tmp_path / "many.onnx"), many, golden_images()) > 200
