@@ -3,6 +3,8 @@ and 3 through one dynamic file, a flat image with no detection, a full cap of de
 
 from __future__ import annotations
 
+import json
+
 import onnx
 import pytest
 import torch
@@ -72,3 +74,49 @@ def test_no_detections_and_many(name, tmp_path):
     counts = [len(d["boxes"]) for d in OnnxDetector(tmp_path / "many.onnx")(golden_images())]
     assert counts == [300] * 3
     assert assert_same(OnnxDetector(tmp_path / "many.onnx"), many, golden_images()) > 200
+
+
+def test_export_then_detect_cli(tmp_path, capsys):
+    """fpn export, then fpn detect --weights model.onnx on 400-1000 px images: PyTorch's JSON records."""
+    from PIL import Image
+
+    from fpn.cli import main
+    from fpn.detection.checkpoint import save_detector
+    from fpn.export.check import box_tolerance
+
+    model = dense_model("tiny-fcos")
+    save_detector(model, tmp_path / "model.pt")
+    paths = []
+    for i, (image, size) in enumerate(zip(golden_images() * 2, [(400, 533), (1000, 750), (613, 817), (480, 640)])):
+        pixels = F.interpolate(image[None], size=size, mode="bilinear")[0].clamp(0, 1)
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray((pixels * 255).round().byte().permute(1, 2, 0).numpy()).save(paths[-1])
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(tmp_path / "model.pt"), "--output", str(onnx_file), "--dynamic-size"]) == 0
+    assert "checked against PyTorch in onnxruntime" in capsys.readouterr().out
+    records = {}
+    for weights in ("model.pt", "model.onnx"):
+        out = tmp_path / f"{weights}.json"
+        assert (
+            main(
+                ["detect", *paths, "--weights", str(tmp_path / weights), "--output", str(out), "--score-thresh", "0.25"]
+            )
+            == 0
+        )
+        records[weights] = json.loads(out.read_text())["detections"]
+    ours, theirs = records["model.onnx"], records["model.pt"]
+    assert len(ours) == len(theirs) > 20
+    for name in {r["file_name"] for r in theirs}:
+        mine = [r for r in ours if r["file_name"] == name]
+        reference = [r for r in theirs if r["file_name"] == name]
+        assert len(mine) == len(reference)
+        size = Image.open(tmp_path / name).size[::-1]
+        # Records are rounded to 0.01 px and 1e-5 of score.
+        tol = box_tolerance(model.transform, size) + 0.01
+        nearest = torch.cdist(torch.tensor([r["bbox"] for r in mine]), torch.tensor([r["bbox"] for r in reference]),
+                              p=float("inf")).min(dim=1)  # fmt: skip
+        assert nearest.values.max() <= tol
+        for record, index in zip(mine, nearest.indices.tolist()):
+            match = reference[index]
+            assert (record["category"], record["level"]) == (match["category"], match["level"])
+            assert abs(record["score"] - match["score"]) <= 1.2e-4
