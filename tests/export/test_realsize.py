@@ -29,3 +29,28 @@ def test_r50_torchvision_layout(tmp_path):
         difference = compare(ours, theirs, box_tolerance(model.transform, tuple(image.shape[-2:])), SCORE_TOL, cap)
         assert difference.problem is None, (name, difference)
         assert len(ours["boxes"]) > 0
+
+
+@pytest.mark.real
+def test_fcos_r50_torchvision_layout(tmp_path):
+    """fcos-r50 read from torchvision's layout (the FCOS goldens' weights), exported with a dynamic size: on the
+    golden photos at 800 px, PyTorch's detections within the tolerances, and torchvision's own (the goldens)."""
+    from fcos_goldens import golden, write_torchvision_fcos
+    from realsize import assert_same_detections
+
+    model, _ = load_detector(write_torchvision_fcos(tmp_path / "fcos_resnet50_fpn_coco.pth"))
+    report = export_onnx(model, tmp_path / "fcos.onnx", ExportOptions(dynamic_size=True))
+    assert all(difference.count > 0 for _, difference in report.probes)
+    exported = OnnxDetector(tmp_path / "fcos.onnx")
+    expected = golden("fcos_realsize")["single"]
+    for name in ["photo3_997x1058.png", "photo2_400x400.png"]:
+        image = realsize.photo_tensor(name)
+        with torch.no_grad():
+            theirs = model([image])[0]
+        ours = exported([image])[0]
+        cap = model.output_config.detections_per_image
+        tol = box_tolerance(model.transform, tuple(image.shape[-2:]))  # 0.01 px of the 800 px the networks see
+        difference = compare(ours, theirs, tol, SCORE_TOL, cap)
+        assert difference.problem is None, (name, difference)
+        assert len(ours["boxes"]) > 0 and len(set(ours["levels"].tolist())) >= 2
+        assert_same_detections(ours, expected[name], box_tol=tol)
