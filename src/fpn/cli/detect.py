@@ -31,12 +31,12 @@ from fpn.cli.options import add_score_thresh, add_tile_options, iou, tile_option
 from fpn.config import ModelConfig
 from fpn.data.images import list_images
 from fpn.detection.base import OUTPUT_SECTIONS
-from fpn.detection.checkpoint import load_detector
 from fpn.detection.classes import select_labels
 from fpn.device import resolve_device
 from fpn.engine.eval_curves import best_threshold_beside
 from fpn.engine.inference import PRECISIONS, detect_files, precision_dtype, results_json
 from fpn.errors import ConfigError, DataError
+from fpn.export.runtime import load_model
 from fpn.io import atomic_write_text, check_writable
 from fpn.viz.draw import draw_detections
 from fpn.viz.save import save_picture
@@ -168,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     tiling = tile_options(args)
     paths = list_images(args.sources)
-    model, _ = load_detector(args.weights, config_overrides=model_overrides(args))
+    # A .onnx file (fpn export) runs in onnxruntime, with the same JSON and pictures.
+    model = load_model(args.weights, overrides=model_overrides(args), precision=args.precision)
     check_size(model.config, args)
     if args.classes is not None:
         select_labels(model.config, args.classes, what="--classes")  # an unknown name: said with the flag's name
