@@ -75,3 +75,16 @@ def test_show_and_bench(trained, photo_data, tmp_path, capsys):
     assert code == 0
     assert {"head", "decoder"} <= set(json.loads(output.read_text())["stages"])
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_anchors_gives_the_levels_object_bands_and_a_tile(trained, photo_data, tmp_path, capsys):
+    # FCOS has no anchors: fpn anchors measures the objects against the sizes each level's distances serve
+    # (twice the regressed range: a centred location of a square of side s regresses s / 2).
+    out = tmp_path / "fit.png"
+    assert fpn("anchors", "--data", photo_data, "--weights", trained / "model.pt", "--out", out) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert out.is_file() and summary["anchor_sizes"] == []
+    assert summary["roi_levels"]["p3"] == [0.0, 64.0] and summary["roi_levels"]["p4"] == [64.0, 128.0]
+    assert summary["roi_levels"]["p6"][1] == float("inf") and "p7" not in summary["roi_levels"]  # tiny-fcos: P3-P6
+    assert "anchor-free" in printed and "object sizes per level" in printed and "suggested:" in printed

@@ -33,9 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from fpn.data import load_dataset
     from fpn.detection import build_detector
     from fpn.detection.checkpoint import load_detector
+    from fpn.detection.fcos_targets import size_ranges
     from fpn.errors import ConfigError
     from fpn.presets import preset
-    from fpn.viz.anchor_fit import fit, fit_figure
+    from fpn.viz.anchor_fit import fit, fit_anchor_free, fit_figure
     from fpn.viz.save import save_picture
 
     picture, summary_path = check_writable(args.out), check_writable(Path(args.out).with_suffix(".json"))
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         model = build_detector(config)
     if hasattr(model, "roi_heads"):  # two-stage: the levels RoIs are pooled from, by the paper's rule
         result = fit(dataset, config, [lv.index for lv in model.roi_heads.pooler.levels])
+    elif config.detector == "fcos":  # anchor-free: the distances each level regresses
+        ranges = size_ranges(model.levels, config.fcos.size_range_scale)
+        reach = {lv.name: band for lv, band in zip(model.levels, ranges)}
+        result = fit_anchor_free(dataset, config, reach, model.levels[0].stride)
     else:
         per_level = model.anchor_sizes()
         if not per_level:
@@ -67,8 +72,11 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary()
     atomic_write_text(json.dumps(summary, indent=2) + "\n", summary_path)
     print(f"{summary['objects']} objects; size percentiles (1/10/50/90/99): {summary['size_percentiles']}")
-    kind = "RoI levels" if hasattr(model, "roi_heads") else "anchor levels"
-    print(f"anchor sizes {summary['anchor_sizes']}; {kind} {summary['roi_levels']}")
+    if config.detector == "fcos":
+        print(f"object sizes per level {summary['roi_levels']}")
+    else:
+        kind = "RoI levels" if hasattr(model, "roi_heads") else "anchor levels"
+        print(f"anchor sizes {summary['anchor_sizes']}; {kind} {summary['roi_levels']}")
     for note in result.notes:
         print(f"- {note}")
     if result.tile is not None:

@@ -84,12 +84,15 @@ def recommend_tile(
     *,
     percentile: float = 10.0,
     fraction: float = 0.5,
+    want: str | None = None,
+    alternative: str | None = None,
 ) -> TileAdvice:
     """The tile size ``T`` whose resize (scale ``min_size / T``) brings the ``percentile`` of object sizes
     (``native``: native pixels) to ``fraction`` of ``smallest_anchor``; ``model`` are the same objects at the
     model's normal resize, which decides whether tiling is needed at all."""
     target = fraction * smallest_anchor
-    want = f"half the smallest anchor ({smallest_anchor:g} px)" if fraction == 0.5 else f"{target:g} px"
+    if want is None:
+        want = f"half the smallest anchor ({smallest_anchor:g} px)" if fraction == 0.5 else f"{target:g} px"
     if len(native) == 0:
         return TileAdvice(None, 1.0, 0.0, "suggested: no tile (no objects to measure)")
     p_native, p_model = float(np.percentile(native, percentile)), float(np.percentile(model, percentile))
@@ -104,7 +107,7 @@ def recommend_tile(
     low = max(32, 32 * math.ceil(min_size / 4 / 32))
     tile = 32 * math.floor(min_size * p_native / target / 32)  # the largest multiple of 32 that reaches the target
     tile = min(tile, max(32 * (image_side // 32), low))  # no larger than the images (the max_size cap made up)
-    smaller = f"anchors.sizes=[{smallest_anchor / 2:g}, ...]"
+    smaller = alternative or f"anchors.sizes=[{smallest_anchor / 2:g}, ...]"
     if tile < low:
         scale = min_size / low
         return TileAdvice(
@@ -204,12 +207,50 @@ def fit(
     return AnchorFit(sizes, best, [float(s) for s in scales], ranges, notes, tile)
 
 
+def fit_anchor_free(
+    dataset: DetectionDataset, config: ModelConfig, reach: dict[str, tuple[float, float]], finest_stride: int
+) -> AnchorFit:
+    """The same measure for an anchor-free detector (FCOS): no anchor shapes, levels by the distances they regress.
+
+    ``reach``: per level, the range of ``max(l, t, r, b)`` its locations answer for (px); a location at the
+    centre of a square object of side ``s`` regresses ``s / 2``, so the level serves objects of ``2 x`` that
+    range. An object under the finest level's stride may hold no location at all: the tiling rule brings the
+    objects' 10th percentile up to that stride.
+    """
+    sizes = np.sqrt(np.prod(object_sizes(dataset, config), axis=0)) if dataset.records else np.zeros(0)
+    ranges = {name: (2 * low, 2 * high) for name, (low, high) in reach.items()}
+    notes = []
+    tiny = int((sizes < finest_stride).sum())
+    if tiny:
+        notes.append(
+            f"{tiny} objects ({100 * tiny / len(sizes):.0f}%) are under the finest level's stride ({finest_stride} px):"
+            " few or no locations fall inside them; enlarge the images (transform.min_size) or tile"
+        )
+    bands = ", ".join(_band(name, band) for name, band in ranges.items())
+    notes.append(f"anchor-free: no anchor shapes to fit; the levels serve objects of {bands}")
+    nw, nh = object_sizes(dataset, config, native=True)
+    sides = [min(r.height, r.width) for r in dataset.records if len(r.boxes)]
+    side = int(np.median(sides)) if sides else 0
+    want = f"the finest level's stride ({finest_stride} px)"
+    shorter = config.transform.min_size[-1]
+    tile = recommend_tile(
+        np.sqrt(nw * nh), sizes, side, shorter, 2.0 * finest_stride, want=want,
+        alternative=f"a larger transform.min_size (now {shorter})",
+    )  # fmt: skip
+    return AnchorFit(sizes, np.ones(len(sizes)), [], ranges, notes, tile)
+
+
+def _band(name: str, band: tuple[float, float]) -> str:
+    low, high = band
+    return f"{name} {low:g}-{high:g} px" if np.isfinite(high) else f"{name} {low:g}+ px"
+
+
 def fit_figure(result: AnchorFit, title: str) -> plt.Figure:
     """Histogram of object sizes (log scale) with anchor sizes as lines and RoI levels as bands."""
     fig, ax = plt.subplots(figsize=(9, 4.2))
     if len(result.sizes):
         low = max(1.0, float(result.sizes.min()) / 1.2)
-        high = max(float(result.sizes.max()) * 1.2, max(result.anchor_sizes) * 1.5)
+        high = max(float(result.sizes.max()) * 1.2, max(result.anchor_sizes, default=0.0) * 1.5)
         bins = np.geomspace(low, high, 40)
         colours = plt.cm.tab10(np.arange(len(result.level_ranges)))
         for colour, (name, (a, b)) in zip(colours, result.level_ranges.items()):
