@@ -107,3 +107,19 @@ def test_eval_runs_the_file(tmp_path, capsys):
     for key, value in metrics["model.pt"].items():
         if isinstance(value, float):
             assert abs(metrics["m.onnx"][key] - value) <= 0.05, key
+
+
+def test_bench_times_the_file_in_onnxruntime(world, tmp_path, capsys):
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(world / "model.pt"), "--output", str(onnx_file), "--dynamic-size"]) == 0
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--weights", str(onnx_file), "--size", "480x640", "--runs", "3", "--warmup", "1",
+                 "--batch", "2", "--threads", "1", "--output", str(out)])  # fmt: skip
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["runtime"] == "onnxruntime" and record["size"] == "480x640" and record["batch"] == 2
+    assert record["runs"] == 3 and 0 < record["min_s"] <= record["median_s"] <= record["max_s"]
+    assert "in onnxruntime" in capsys.readouterr().out
+    assert main(["bench", "--weights", str(onnx_file), "--mode", "train", "--output", str(tmp_path / "t.json")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert str(onnx_file) in error and "--mode train" in error and "\n" not in error

@@ -42,6 +42,7 @@ import shlex
 
 from fpn.bench import MODES, PRECISIONS, BenchOptions, parse_size, run_bench
 from fpn.config import DESIGNS
+from fpn.export.runtime import is_onnx
 from fpn.io import atomic_write_text, check_writable
 from fpn.presets import PRESETS
 
@@ -55,7 +56,10 @@ def add_parser(subparsers) -> None:
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", default="r50-fpn", help=f"preset: {', '.join(PRESETS)} (default: %(default)s)")
-    which.add_argument("--weights", help="checkpoint to time instead: RUN/model.pt or torchvision's fasterrcnn .pth")
+    which.add_argument(
+        "--weights",
+        help="checkpoint to time instead: RUN/model.pt, a torchvision .pth, or an exported model.onnx (onnxruntime)",
+    )
     p.add_argument("--design", choices=DESIGNS, help="pyramid design for the preset (default: the preset's)")
     p.add_argument("--size", help="HEIGHTxWIDTH the network sees, e.g. 800x1216 (default: the model's test size)")
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's current setting)")
@@ -103,10 +107,16 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     check_writable(args.output)  # before minutes of timing, not after
-    result = run_bench(options)
+    onnx = args.weights is not None and is_onnx(args.weights)
+    if onnx:
+        from fpn.bench.onnx_file import report_onnx, run_onnx_bench  # onnxruntime only when asked for
+
+        result = run_onnx_bench(options)
+    else:
+        result = run_bench(options)
     result["command"] = command_line(args)
     atomic_write_text(json.dumps(result, indent=2) + "\n", args.output)
-    print(report(result))
+    print(report_onnx(result) if onnx else report(result))
     print(f"-> {args.output}")
     return 0
 
