@@ -331,7 +331,7 @@ def model_must_not_run(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(detect_cli, "load_detector", refuse)
+    monkeypatch.setattr(detect_cli, "load_model", refuse)
     monkeypatch.setattr(detect_cli, "detect_files", refuse)
 
 
@@ -461,8 +461,8 @@ def loaded(monkeypatch) -> list:
     """The models ``fpn detect`` loads, as it loaded them."""
     import fpn.cli.detect as detect_cli
 
-    models, original = [], detect_cli.load_detector
-    monkeypatch.setattr(detect_cli, "load_detector", lambda *a, **k: models.append(original(*a, **k)) or models[-1])
+    models, original = [], detect_cli.load_model
+    monkeypatch.setattr(detect_cli, "load_model", lambda *a, **k: models.append(original(*a, **k)) or models[-1])
     return models
 
 
@@ -484,7 +484,7 @@ def test_size_and_set_reach_the_model(weights, image_dir, tmp_path, capsys, load
                   "--max-size", 200, "--nms-iou", 0.4, "--set", "rpn.post_nms_top_n_test=20",
                   "--set", "model.roi_heads.score_thresh=0.2", "--set", "roi_heads.nms_thresh=0.6")  # fmt: skip
     assert code == 0 and "1 image(s)" in capsys.readouterr().out
-    ((model, _),) = loaded
+    (model,) = loaded
     assert (model.transform.min_size, model.transform.max_size) == ([64], 200)
     assert model.config.rpn.post_nms_top_n_test == 20 and model.config.roi_heads.score_thresh == 0.2
     assert model.config.roi_heads.nms_thresh == 0.6  # --set has the last word, as train's overrides do
@@ -551,7 +551,7 @@ def test_size_within_a_raised_cap_is_taken(weights, image_dir, tmp_path, capsys,
     assert detect(image_dir / "rgb.jpg", "--weights", weights, "--output", tmp_path / "o.json", "--size", 200,
                   "--max-size", 300) == 0  # fmt: skip
     capsys.readouterr()
-    assert (loaded[0][0].transform.min_size, loaded[0][0].transform.max_size) == ([200], 300)
+    assert (loaded[0].transform.min_size, loaded[0].transform.max_size) == ([200], 300)
 
 
 @pytest.mark.parametrize(
