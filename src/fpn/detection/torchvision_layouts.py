@@ -128,12 +128,8 @@ def convert_faster_rcnn(state: State, source: str) -> tuple[ModelConfig, dict[st
     # torchvision runs its COCO checkpoint with FrozenBatchNorm eps = 0 (overwrite_eps); to get its
     # detections, so must we. A model fine-tuned from ImageNet weights used 1e-5: backbone.bn_eps=1e-5.
     config.backbone.bn_eps = 0.0
-    classes = weights.get("roi_heads.box_predictor.cls_score.weight")
-    if classes is None:
-        raise CheckpointError(f"{source}: torchvision layout without roi_heads.box_predictor.cls_score.weight")
-    if classes.shape[0] != config.num_classes:
-        # A fine-tuned torchvision model: same architecture, its own classes (names unknown).
-        config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
+    # A fine-tuned torchvision model: same architecture, its own classes (names unknown).
+    own_classes(config, weights, "roi_heads.box_predictor.cls_score.weight", 1, source)
     return config, weights
 
 
@@ -187,11 +183,7 @@ def fcos_look_alike(state: State) -> str | None:
 def convert_fcos(state: State, source: str) -> tuple[ModelConfig, dict[str, Any]]:
     weights = rename_all(state, fcos_key, source=source, model="fcos_resnet50_fpn")
     config = fcos_r50()  # FrozenBatchNorm eps 1e-5: torchvision calls no overwrite_eps for FCOS
-    classes = weights.get("head.cls_logits.weight")
-    if classes is None:
-        raise CheckpointError(f"{source}: torchvision FCOS layout without head.classification_head.cls_logits.weight")
-    if classes.shape[0] != config.num_classes:
-        config.class_names = [f"class_{i}" for i in range(1, classes.shape[0])]
+    own_classes(config, weights, "head.cls_logits.weight", 1, source)
     return config, weights
 
 
