@@ -1,0 +1,201 @@
+"""fpn's CPU preset against YOLOv8n from scratch: same data, same CPU minutes and threads, one pycocotools code.
+
+    .venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --minutes 5 --seeds 0,1
+
+The built-in synthetic set is written once in YOLO format and in COCO format (``fpn convert``, exact round
+trips). Per seed, one run after another on an otherwise idle machine:
+
+- fpn: ``fpn train --data <yolo>/data.yaml --model tiny-fpn --minutes M`` (the schedule follows the clock) at
+  320 px, with ``fpn compare``'s train settings, ``train.workers=0`` and ``--threads`` torch threads; then
+  ``fpn eval --detections`` on the COCO copy of the val split;
+- YOLOv8n: ``benchmarks/yolo_reference.py`` in the throwaway venv (``ultralytics``, never a project
+  dependency): ``yolov8n.yaml``, no pretrained weights, ``time=M/60`` at ``imgsz=320``, ``workers=0``, the same
+  threads; then its val detections at Ultralytics' own validation settings.
+
+Both detection lists are scored here by :func:`fpn.engine.evaluate.coco_metrics` against the same COCO val
+json. Latency: each trained model at batch 1 on decoded val images, pre- and post-processing included (fpn
+optimized as ``fpn detect`` runs it; YOLO through ``model.predict``), median over rounds, each in its own
+process with the same threads. The two sides run different torch builds (the project's CPU 2.13.0; the
+reference venv's 2.14.1). Writes ``benchmarks/results/yolo_<date>.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fpn.data import load_dataset
+from fpn.detection import load_detector
+from fpn.engine.config import DEMO_TRAIN
+from fpn.engine.evaluate import coco_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from tiling import cpu_model  # noqa: E402
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def child_cpu(command: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Run ``command``; its wall and CPU seconds."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    with open(log, "w") as out:
+        subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - start, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def fpn_run(args, seed: int, data: Path, env: dict) -> dict:
+    out = args.runs / f"fpn-seed{seed}"
+    shared = [f"train.{k}={v}" for k, v in DEMO_TRAIN.items() if k not in ("workers", "checkpoint_every")]
+    command = [sys.executable, "-m", "fpn", "train", "--data", str(data / "yolo" / "data.yaml"), "--model",
+               args.model, "--minutes", str(args.minutes), "--out", str(out), *shared,
+               "train.workers=0", f"train.seed={seed}",
+               f"model.transform.min_size=[{args.imgsz}]",
+               f"model.transform.max_size={args.imgsz}"]  # fmt: skip
+    if not (out / "model.pt").is_file():
+        wall, cpu = child_cpu(command, env, args.runs / f"fpn-seed{seed}.log")
+        (out / "bench.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}) + "\n")
+    timing = json.loads((out / "bench.json").read_text())
+    detections = out / "val_detections.json"
+    if not detections.is_file():
+        subprocess.run([sys.executable, "-m", "fpn", "eval", "--weights", str(out / "model.pt"), "--data",
+                        str(data / "coco" / "data.yaml"), "--detections", str(detections), "--no-plots",
+                        "--output", str(out / "eval")], check=True, env=env, capture_output=True)  # fmt: skip
+    iterations = json.loads((out / "metrics.json").read_text()).get("iteration")
+    return {"command": " ".join(command[1:]), **timing, "iterations": iterations,
+            "detections": json.loads(detections.read_text())}  # fmt: skip
+
+
+def yolo_run(args, seed: int, data: Path, env: dict, val: dict) -> dict:
+    out = args.runs / f"yolo-seed{seed}"
+    command = [args.ref_python, str(REPO / "benchmarks" / "yolo_reference.py"), "--data",
+               str(data / "yolo" / "data.yaml"), "--minutes", str(args.minutes), "--threads", str(args.threads),
+               "--imgsz", str(args.imgsz), "--seed", str(seed), "--images", str(args.images), "--rounds",
+               str(args.rounds), "--out", str(out)]  # fmt: skip
+    if not (out / "latency.json").is_file():
+        child_cpu(command, env, args.runs / f"yolo-seed{seed}.log")
+    measured = json.loads((out / "latency.json").read_text())
+    ids = {image["file_name"]: image["id"] for image in val["images"]}
+    categories = [c["id"] for c in sorted(val["categories"], key=lambda c: c["id"])]
+    detections = [
+        {"image_id": ids[d["file_name"]], "category_id": categories[d["category_index"]], "bbox": d["bbox"],
+         "score": d["score"]}
+        for d in json.loads((out / "detections.json").read_text())
+    ]  # fmt: skip
+    return {"command": " ".join(command[1:]), **measured["train"], "latency_ms": measured["latency"]["ms_per_image"],
+            "detections": detections}  # fmt: skip
+
+
+def fpn_latency(args, seed: int) -> float:
+    """ms per image, batch 1, optimized fp32 as ``fpn detect`` runs it, median over rounds."""
+    torch.set_num_threads(args.threads)
+    val = load_dataset("synthetic", "val")
+    images = [val.load_image(i) for i in range(args.images)]
+    model, _ = load_detector(args.runs / f"fpn-seed{seed}" / "model.pt")
+    rounds = []
+    with torch.inference_mode():
+        model = model.optimize_for_inference()
+        for image in images[:3]:
+            model([image])
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for image in images:
+                model([image])
+            rounds.append((time.perf_counter() - start) / len(images))
+    return 1000 * statistics.median(rounds)
+
+
+def cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ref-python", required=True, help="python of the throwaway venv with ultralytics")
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--model", default="tiny-fpn")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=Path, default=Path("runs/yolo_compare"))
+    parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.runs.mkdir(parents=True, exist_ok=True)
+    data = args.runs / "data"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    for fmt in ("yolo", "coco"):
+        if not (data / fmt / "data.yaml").is_file():
+            subprocess.run([sys.executable, "-m", "fpn", "convert", "synthetic", "--to", fmt, "--output",
+                            str(data / fmt)], check=True, capture_output=True)  # fmt: skip
+    val = json.loads((data / "coco" / "val.json").read_text())
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {"fpn": [], "yolov8n": []}
+    for seed in seeds:
+        for name, run in (
+            ("fpn", lambda seed=seed: fpn_run(args, seed, data, env)),
+            ("yolov8n", lambda seed=seed: yolo_run(args, seed, data, env, val)),
+        ):
+            record = run()
+            record["metrics"] = coco_metrics(val, record.pop("detections"))
+            record["seed"] = seed
+            runs[name].append(record)
+    for record, seed in zip(runs["fpn"], seeds, strict=True):
+        record["latency_ms"] = fpn_latency(args, seed)
+    record = {"date": str(datetime.date.today()), "cpu": cpu_model(), "threads": args.threads,
+              "minutes": args.minutes, "imgsz": args.imgsz, "load_before": load_before,
+              "load_after": os.getloadavg(), "runs": runs}  # fmt: skip
+    means = {
+        name: {m: statistics.mean(r["metrics"][m] or 0.0 for r in rs) for m in METRICS} for name, rs in runs.items()
+    }
+    latency = {name: statistics.mean(r["latency_ms"] for r in rs) for name, rs in runs.items()}
+    ratio = means["fpn"]["AP"] / means["yolov8n"]["AP"] if means["yolov8n"]["AP"] else float("inf")
+    lines = [
+        f"# {args.model} vs YOLOv8n from scratch on `synthetic`, {args.minutes:g} CPU minutes each ({record['date']})",
+        "",
+        f"Command: `.venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --minutes "
+        f"{args.minutes:g} --seeds {args.seeds} --threads {args.threads}` (R: a throwaway venv with torch 2.14.1, "
+        "ultralytics, pycocotools).",
+        "",
+        f"CPU: {record['cpu']}, {args.threads} threads; load average before {load_before}, after "
+        f"{tuple(round(v, 2) for v in record['load_after'])}. Input {args.imgsz} px. Latency: batch 1, decoded "
+        f"image to detections, median of {args.rounds} rounds over {args.images} val images. Cells: mean (min-max) "
+        f"over seeds {args.seeds}.",
+        "",
+        "| model | " + " | ".join(METRICS) + " | latency ms/image | CPU s training | iterations / epochs |",
+        "| --- |" + " --- |" * (len(METRICS) + 3),
+    ]
+    for name, rs in runs.items():
+        cells = [cell([r["metrics"][m] or 0.0 for r in rs]) for m in METRICS]
+        steps = ", ".join(str(r.get("iterations") or r.get("epochs")) for r in rs)
+        cpu = ", ".join(f"{r['cpu_s']:.0f}" for r in rs)
+        label = args.model if name == "fpn" else name
+        lines.append(
+            f"| {label} | " + " | ".join(cells) + f" | {cell([r['latency_ms'] for r in rs])} | {cpu} | {steps} |"
+        )
+    lines += ["", f"AP ratio fpn / YOLOv8n: {ratio:.2f}x (goal 1.3x); latency {latency['fpn']:.0f} ms vs "
+              f"{latency['yolov8n']:.0f} ms (goal: no more)."]  # fmt: skip
+    text = "\n".join(lines) + "\n"
+    out = args.out_dir / f"yolo_{record['date']}"
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
