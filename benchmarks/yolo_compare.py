@@ -1,4 +1,4 @@
-"""fpn's CPU preset against YOLOv8n from scratch: same data, same CPU minutes and threads, one pycocotools code.
+"""fpn's CPU preset against YOLOv8n from scratch: same data, same wall minutes and threads, one pycocotools code.
 
     .venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --minutes 5 --seeds 0,1
 
@@ -166,7 +166,7 @@ def main() -> None:
     latency = {name: statistics.mean(r["latency_ms"] for r in rs) for name, rs in runs.items()}
     ratio = means["fpn"]["AP"] / means["yolov8n"]["AP"] if means["yolov8n"]["AP"] else float("inf")
     lines = [
-        f"# {args.model} vs YOLOv8n from scratch on `synthetic`, {args.minutes:g} CPU minutes each ({record['date']})",
+        f"# {args.model} vs YOLOv8n from scratch on `synthetic`, {args.minutes:g} min each ({record['date']})",
         "",
         f"Command: `.venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --minutes "
         f"{args.minutes:g} --seeds {args.seeds} --threads {args.threads}` (R: a throwaway venv with torch 2.14.1, "
