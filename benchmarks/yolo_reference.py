@@ -4,9 +4,11 @@ Run in a throwaway venv with ``ultralytics`` (never a project dependency), by ``
 
     $R/bin/python benchmarks/yolo_reference.py --data DIR/data.yaml --minutes 5 --threads 2 --imgsz 320 --out DIR
 
-Training: ``YOLO("yolov8n.yaml").train(time=minutes / 60, ...)`` on the CPU with ``workers=0`` (the loading is
-done in the training process, as fpn's ``train.workers=0`` run does), ``val=False`` (Ultralytics then validates
-once, at the end) and no plots (they would fetch a font). Ultralytics stops at the time budget by itself.
+Training: ``YOLO("yolov8n.yaml").train(time=minutes / 60, ...)`` on the CPU with ``--workers`` loader processes
+(0: the loading and mosaic are done in the training process, as fpn's ``train.workers=0`` run does; fpn's run
+keeps both threads busy that way, Ultralytics' does not, so ``yolo_compare.py`` may give it workers),
+``val=False`` (Ultralytics then validates once, at the end) and no plots (they would fetch a font).
+Ultralytics stops at the time budget by itself.
 
 Then, from ``last.pt``:
 - ``detections.json``: every val image's detections at ``conf=0.001``, ``iou=0.7``, ``max_det=100``
@@ -38,6 +40,14 @@ def val_images(data: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its ended loader processes."""
+    return sum(
+        usage.ru_utime + usage.ru_stime
+        for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -45,6 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
@@ -54,17 +65,17 @@ def main() -> None:
     from ultralytics import YOLO, __version__
 
     args.out.mkdir(parents=True, exist_ok=True)
-    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    start, before = time.perf_counter(), cpu_seconds()
     model = YOLO("yolov8n.yaml")
     model.train(
-        data=str(args.data), time=args.minutes / 60, epochs=1000, imgsz=args.imgsz, batch=args.batch, workers=0,
-        device="cpu", seed=args.seed, pretrained=False, amp=False, plots=False, val=False,
+        data=str(args.data), time=args.minutes / 60, epochs=1000, imgsz=args.imgsz, batch=args.batch,
+        workers=args.workers, device="cpu", seed=args.seed, pretrained=False, amp=False, plots=False, val=False,
         project=str(args.out), name="train", exist_ok=True, verbose=False,
     )  # fmt: skip
-    after = resource.getrusage(resource.RUSAGE_SELF)
     train = {
         "wall_s": time.perf_counter() - start,
-        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "cpu_s": cpu_seconds() - before,
+        "workers": args.workers,
         "epochs": int(getattr(model.trainer, "epoch", -1)) + 1,
         "ultralytics": __version__,
         "torch": torch.__version__,
