@@ -17,9 +17,7 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from fpn.detection import load_detector
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from records import timed_run  # noqa: E402
 from tiling import cpu_model  # noqa: E402
 
 PRESETS = ("tiny-fpn", "tiny-retinanet", "tiny-fcos")
@@ -50,15 +49,11 @@ def interleaved_rounds(calls: dict, rounds: int) -> dict[str, list[float]]:
 
 
 def train(preset: str, minutes: float, out: Path) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
     command = [sys.executable, "-m", "fpn", "train", "--data", "synthetic", "--model", preset,
                "--minutes", str(minutes), "--out", str(out)]  # fmt: skip
-    subprocess.run(command, check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall, cpu = timed_run(command)
     metrics = json.loads((out / "metrics.json").read_text())
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"command": " ".join(command[1:]), "wall_s": time.perf_counter() - start, "cpu_s": cpu, "metrics": metrics}
+    return {"command": " ".join(command[1:]), "wall_s": wall, "cpu_s": cpu, "metrics": metrics}
 
 
 def metric(metrics: dict, name: str) -> float | None:

@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,18 +42,10 @@ from fpn.engine.evaluate import coco_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from records import timed_run, write_record  # noqa: E402
 from tiling import cpu_model  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def child_cpu(command: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """Run ``command``; its wall and CPU seconds."""
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    with open(log, "w") as out:
-        subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.perf_counter() - start, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def fpn_run(args, seed: int, data: Path, env: dict) -> dict:
@@ -66,7 +57,7 @@ def fpn_run(args, seed: int, data: Path, env: dict) -> dict:
                f"model.transform.min_size=[{args.imgsz}]",
                f"model.transform.max_size={args.imgsz}"]  # fmt: skip
     if not (out / "model.pt").is_file():
-        wall, cpu = child_cpu(command, env, args.runs / f"fpn-seed{seed}.log")
+        wall, cpu = timed_run(command, env, args.runs / f"fpn-seed{seed}.log")
         (out / "bench.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}) + "\n")
     timing = json.loads((out / "bench.json").read_text())
     detections = out / "val_detections.json"
@@ -86,7 +77,7 @@ def yolo_run(args, seed: int, data: Path, env: dict, val: dict) -> dict:
                "--imgsz", str(args.imgsz), "--seed", str(seed), "--images", str(args.images), "--rounds",
                str(args.rounds), "--workers", str(args.yolo_workers), "--out", str(out)]  # fmt: skip
     if not (out / "latency.json").is_file():
-        child_cpu(command, env, args.runs / f"yolo-seed{seed}.log")
+        timed_run(command, env, args.runs / f"yolo-seed{seed}.log")
     measured = json.loads((out / "latency.json").read_text())
     ids = {image["file_name"]: image["id"] for image in val["images"]}
     categories = [c["id"] for c in sorted(val["categories"], key=lambda c: c["id"])]
@@ -192,13 +183,9 @@ def main() -> None:
         lines.append(
             f"| {label} | " + " | ".join(cells) + f" | {cell([r['latency_ms'] for r in rs])} | {cpu} | {steps} |"
         )
-    lines += ["", f"AP ratio fpn / YOLOv8n: {ratio:.2f}x (goal 1.3x); latency {latency['fpn']:.0f} ms vs "
-              f"{latency['yolov8n']:.0f} ms (goal: no more)."]  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    out = args.out_dir / f"yolo_{record['date']}"
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
-    print(text)
+    lines += ["", f"AP ratio fpn / YOLOv8n: {ratio:.2f}x (goal 1.3x); latency {latency['fpn']:.1f} ms vs "
+              f"{latency['yolov8n']:.1f} ms (goal: no more)."]  # fmt: skip
+    write_record(args.out_dir, "yolo", lines, record)
 
 
 if __name__ == "__main__":
