@@ -9,10 +9,9 @@ trips). Per seed, one run after another on an otherwise idle machine:
   320 px, with ``fpn compare``'s train settings, ``train.workers=0`` and ``--threads`` torch threads; then
   ``fpn eval --detections`` on the COCO copy of the val split;
 - YOLOv8n: ``benchmarks/yolo_reference.py`` in the throwaway venv (``ultralytics``, never a project
-  dependency): ``yolov8n.yaml``, no pretrained weights, ``time=M/60`` at ``imgsz=320``, ``--yolo-workers``
-  loader processes (default 0; fpn's ``workers=0`` run keeps both threads busy, Ultralytics' mosaic pipeline on
-  the training thread leaves them idle about half the time, so ``--yolo-workers 2`` is the fairer use of the
-  same machine), the same threads; then its val detections at Ultralytics' own validation settings.
+  dependency): ``yolov8n.yaml``, no pretrained weights, ``time=M/60`` at ``imgsz=320``, ``workers=0``, the same
+  threads (Ultralytics' own default on a 2-core machine is one thread: ``yolo_reference.py`` overrides it);
+  then its val detections at Ultralytics' own validation settings.
 
 Both detection lists are scored here by :func:`fpn.engine.evaluate.coco_metrics` against the same COCO val
 json. Latency: each trained model at batch 1 on decoded val images, pre- and post-processing included (fpn
@@ -75,7 +74,7 @@ def yolo_run(args, seed: int, data: Path, env: dict, val: dict) -> dict:
     command = [args.ref_python, str(REPO / "benchmarks" / "yolo_reference.py"), "--data",
                str(data / "yolo" / "data.yaml"), "--minutes", str(args.minutes), "--threads", str(args.threads),
                "--imgsz", str(args.imgsz), "--seed", str(seed), "--images", str(args.images), "--rounds",
-               str(args.rounds), "--workers", str(args.yolo_workers), "--out", str(out)]  # fmt: skip
+               str(args.rounds), "--out", str(out)]  # fmt: skip
     if not (out / "latency.json").is_file():
         timed_run(command, env, args.runs / f"yolo-seed{seed}.log")
     measured = json.loads((out / "latency.json").read_text())
@@ -122,7 +121,6 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--model", default="tiny-fpn")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--yolo-workers", type=int, default=0, help="Ultralytics' loader processes")
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
@@ -152,7 +150,7 @@ def main() -> None:
     for record, seed in zip(runs["fpn"], seeds, strict=True):
         record["latency_ms"] = fpn_latency(args, seed)
     record = {"date": str(datetime.date.today()), "cpu": cpu_model(), "threads": args.threads,
-              "minutes": args.minutes, "imgsz": args.imgsz, "yolo_workers": args.yolo_workers,
+              "minutes": args.minutes, "imgsz": args.imgsz,
               "load_before": load_before, "load_after": os.getloadavg(), "runs": runs}  # fmt: skip
     means = {
         name: {m: statistics.mean(r["metrics"][m] or 0.0 for r in rs) for m in METRICS} for name, rs in runs.items()
@@ -163,7 +161,7 @@ def main() -> None:
         f"# {args.model} vs YOLOv8n from scratch on `synthetic`, {args.minutes:g} min each ({record['date']})",
         "",
         f"Command: `.venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --minutes "
-        f"{args.minutes:g} --seeds {args.seeds} --threads {args.threads} --yolo-workers {args.yolo_workers}` "
+        f"{args.minutes:g} --seeds {args.seeds} --threads {args.threads}` "
         "(R: a throwaway venv with torch 2.14.1, "
         "ultralytics, pycocotools).",
         "",

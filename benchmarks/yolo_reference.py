@@ -4,9 +4,8 @@ Run in a throwaway venv with ``ultralytics`` (never a project dependency), by ``
 
     $R/bin/python benchmarks/yolo_reference.py --data DIR/data.yaml --minutes 5 --threads 2 --imgsz 320 --out DIR
 
-Training: ``YOLO("yolov8n.yaml").train(time=minutes / 60, ...)`` on the CPU with ``--workers`` loader processes
-(0: the loading and mosaic are done in the training process, as fpn's ``train.workers=0`` run does; fpn's run
-keeps both threads busy that way, Ultralytics' does not, so ``yolo_compare.py`` may give it workers),
+Training: ``YOLO("yolov8n.yaml").train(time=minutes / 60, ...)`` on the CPU with ``workers=0`` (the loading is
+done in the training process, as fpn's ``train.workers=0`` run does; Ultralytics forces 0 on the CPU anyway),
 ``val=False`` (Ultralytics then validates once, at the end) and no plots (they would fetch a font).
 Ultralytics stops at the time budget by itself.
 
@@ -55,7 +54,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
@@ -63,19 +61,24 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from ultralytics import YOLO, __version__
+    from ultralytics.utils import torch_utils
+
+    # Ultralytics' device selection (in train and in predict) sets torch's threads to its NUM_THREADS,
+    # cpu_count - 1: one thread on a 2-core machine whatever OMP_NUM_THREADS says. Give it the threads fpn has.
+    torch_utils.NUM_THREADS = args.threads
 
     args.out.mkdir(parents=True, exist_ok=True)
     start, before = time.perf_counter(), cpu_seconds()
     model = YOLO("yolov8n.yaml")
     model.train(
         data=str(args.data), time=args.minutes / 60, epochs=1000, imgsz=args.imgsz, batch=args.batch,
-        workers=args.workers, device="cpu", seed=args.seed, pretrained=False, amp=False, plots=False, val=False,
+        workers=0, device="cpu", seed=args.seed, pretrained=False, amp=False, plots=False, val=False,
         project=str(args.out), name="train", exist_ok=True, verbose=False,
     )  # fmt: skip
     train = {
         "wall_s": time.perf_counter() - start,
         "cpu_s": cpu_seconds() - before,
-        "workers": args.workers,
+        "torch_threads": torch.get_num_threads(),
         "epochs": int(getattr(model.trainer, "epoch", -1)) + 1,
         "ultralytics": __version__,
         "torch": torch.__version__,
