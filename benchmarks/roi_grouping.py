@@ -1,13 +1,14 @@
-"""How RoIAlign's grouping of RoIs by crop size weighs on inference: today's rounding against powers of two.
+"""How RoIAlign's grouping of RoIs by crop size weighs on inference: fine, coarse, and the cost-based choice.
 
     .venv/bin/python benchmarks/roi_grouping.py --weights runs/tiny/model.pt --size 320    # a trained CPU preset
     .venv/bin/python benchmarks/roi_grouping.py --size 800                                 # r50-fpn, seeded weights
 
-:mod:`fpn.ops.roi_align` pools RoIs in chunks of one padded crop size (``_padded``: even sizes, then steps of a
-quarter). Fewer, larger size classes mean fewer chunks (fixed costs per chunk) but more gathered pixels. This
-swaps ``_padded`` for "next power of two" and times both, optimized fp32 at batch 1, in alternating rounds in
-one process: the whole forward and the pooler alone (``_PoolCrops.forward``); detections are compared too
-(padding carries zero weight, so they should be equal). An experiment on the module's private rule, not an API.
+:mod:`fpn.ops.roi_align` pools RoIs in chunks of one padded crop size. Training uses the fine rounding
+(``_padded``: even sizes, then steps of a quarter); at inference each level takes the fine plan or a coarse one
+(powers of two: fewer chunks, more gathered pixels), whichever ``_cost`` estimates cheaper with
+``_CHUNK_COST_IN_VALUES``. This times the three (the fine one forced by a chunk cost of 0, the coarse one by a
+huge cost, and the default), optimized fp32 at batch 1, in alternating rounds in one process: the whole forward
+and the pooler alone (``_PoolCrops.forward``); detections are compared too (padding carries zero weight).
 """
 
 from __future__ import annotations
@@ -33,11 +34,7 @@ from tiling import cpu_model
 roi_align = importlib.import_module("fpn.ops.roi_align")
 
 
-def power_of_two(span: int) -> int:
-    return 1 << (span - 1).bit_length()
-
-
-RULES = {"today": roi_align._padded, "power-of-two": power_of_two}
+RULES = {"fine": 0, "cost-based": roi_align._CHUNK_COST_IN_VALUES, "power-of-two": 1 << 60}
 
 
 def main() -> None:
@@ -61,7 +58,7 @@ def main() -> None:
                    + ramp).clamp(0, 1)]  # fmt: skip
     model.config.transform.min_size, model.config.transform.max_size = [args.size], args.size * 2
     pooled: dict[str, list[float]] = {rule: [] for rule in RULES}
-    forward, current = roi_align._PoolCrops.forward, ["today"]
+    forward, current = roi_align._PoolCrops.forward, ["fine"]
 
     def timed(ctx, *inputs):
         start = time.perf_counter()
@@ -72,17 +69,18 @@ def main() -> None:
     roi_align._PoolCrops.forward = staticmethod(timed)
 
     def run(rule: str):
-        current[0], roi_align._padded = rule, RULES[rule]
+        current[0], roi_align._CHUNK_COST_IN_VALUES = rule, RULES[rule]
         return [model([image])[0] for image in images]
 
     with torch.inference_mode():
         model = model.optimize_for_inference()
         outputs = {rule: run(rule) for rule in RULES}
         rounds = interleaved_rounds({rule: (lambda r=rule: run(r)) for rule in RULES}, args.rounds)
-    roi_align._padded, roi_align._PoolCrops.forward = RULES["today"], forward
+    roi_align._CHUNK_COST_IN_VALUES, roi_align._PoolCrops.forward = RULES["cost-based"], forward
     same = all(
         torch.equal(a["labels"], b["labels"]) and torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
-        for a, b in zip(outputs["today"], outputs["power-of-two"], strict=True)
+        for rule in RULES
+        for a, b in zip(outputs["fine"], outputs[rule], strict=True)
     )
     print(f"{args.weights or 'r50-fpn (seeded weights)'}, {len(images)} image(s) at {args.size} px, "
           f"{cpu_model()}, {args.threads} threads; detections equal: {same}")  # fmt: skip

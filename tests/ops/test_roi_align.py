@@ -178,10 +178,43 @@ def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch, ratio
     gen = torch.Generator().manual_seed(3)
     features = torch.randn(2, 3, 10, 12, generator=gen)
     rois = make_rois(gen, 40, 2, extent_w=24.0, extent_h=20.0).float()
+    # Same padding in both calls (the fine one, as in training), so that only the split into chunks differs.
+    monkeypatch.setattr(ROI_ALIGN_MODULE, "_CHUNK_COST_IN_VALUES", 0)
     whole = roi_align(features, rois, 3, 0.5, ratio)
     monkeypatch.setattr(ROI_ALIGN_MODULE, "_MAX_CHUNK", 3)
     monkeypatch.setattr(ROI_ALIGN_MODULE, "_GATHER_BUDGET", 1)  # forces one RoI per chunk
     torch.testing.assert_close(roi_align(features, rois, 3, 0.5, ratio), whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("ratio", [2, -1])
+def test_inference_padding_choice_keeps_results(monkeypatch: pytest.MonkeyPatch, ratio: int) -> None:
+    """At inference a level may take the coarse (power-of-two) plan: padding has zero weight, so only the
+    summation order changes; in training (features that need gradients) the fine plan is always used."""
+    gen = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 4, 16, 20, generator=gen)
+    rois = make_rois(gen, 60, 2, extent_w=40.0, extent_h=32.0).float()
+    plans = []
+    real_plan = ROI_ALIGN_MODULE._plan
+
+    def spy(*args):
+        plans.append(len(args) == 4)  # the coarse plan is asked for with its rounding
+        return real_plan(*args)
+
+    monkeypatch.setattr(ROI_ALIGN_MODULE, "_plan", spy)
+    outputs = {}
+    for name, cost in (("fine", 0), ("coarse", 1 << 60)):
+        monkeypatch.setattr(ROI_ALIGN_MODULE, "_CHUNK_COST_IN_VALUES", cost)
+        outputs[name] = roi_align(features, rois, 3, 0.5, ratio)
+    fine_chunks = ROI_ALIGN_MODULE._plan(torch.full((8,), 5), torch.arange(3, 11), 4)[1]
+    coarse_chunks = ROI_ALIGN_MODULE._plan(torch.full((8,), 5), torch.arange(3, 11), 4, ROI_ALIGN_MODULE._power_of_two)[
+        1
+    ]
+    assert len(coarse_chunks) < len(fine_chunks)
+    torch.testing.assert_close(outputs["coarse"], outputs["fine"], rtol=1e-5, atol=1e-6)
+    assert any(plans)
+    plans.clear()
+    roi_align(features.requires_grad_(), rois, 3, 0.5, ratio)
+    assert not any(plans)  # training: no coarse plan considered
 
 
 def test_list_of_boxes_input() -> None:

@@ -10,14 +10,15 @@ hold every sample's bilinear weights along one axis (built from per-axis taps, `
 each map pixel of the crop is read once, with all channels, from a ``[N * H * W, C]`` view of the
 features, instead of once per sample corner (784 reads for a 7x7 output with 2x2 samples, against a
 crop of typically 16x16 for RoIs on their FPN level), and the weighting is two batched matrix products.
-RoIs are grouped by padded crop size so that one chunk is one gather. The backward pass is written by hand
-(:class:`_PoolCrops`), as torchvision's kernel is: the transposed products, then a scatter-add of each chunk
+RoIs are grouped by padded crop size so that one chunk is one gather; at inference a level may take a
+coarser padding (powers of two) when the chunks it saves cost more than the pixels it adds (:func:`_cost`).
+The backward pass is written by hand (:class:`_PoolCrops`), as torchvision's kernel is: the transposed products, then a scatter-add of each chunk
 into one gradient map per level, so that neither pass holds more than one chunk of crops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -165,7 +166,13 @@ def _level_jobs(
     # [N * H * W, C]: one row per feature-map position (a view for channels-last features).
     table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
     base = rois[:, 0].long() * (height * width)
-    order, chunks = _plan(taps_y.span.cpu(), taps_x.span.cpu(), channels)
+    spans = taps_y.span.cpu(), taps_x.span.cpu()
+    order, chunks = _plan(*spans, channels)
+    if not features.requires_grad:
+        # Inference: fewer, more padded chunks where the saved per-chunk costs outweigh the extra pixels.
+        coarse = _plan(*spans, channels, _power_of_two)
+        if _cost(coarse[1], channels) < _cost(chunks, channels):
+            order, chunks = coarse
     jobs = []
     for start, stop, crop_h, crop_w in chunks:
         idx = order[start:stop].to(features.device)
@@ -332,15 +339,35 @@ def _padded(span: int) -> int:
     return -(-span // step) * step
 
 
-def _plan(span_h: Tensor, span_w: Tensor, channels: int) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
+def _power_of_two(span: int) -> int:
+    """A coarser rounding (at most 2x per axis): far fewer chunks, more padded pixels."""
+    return 1 << (span - 1).bit_length()
+
+
+# One chunk's fixed cost (planning its index tensors, the gather and product calls) in gathered values, from
+# two fits on the 2-core Intel Xeon of benchmarks/ (roi_grouping_2026-12-03.md): ~0.17 ms per chunk against
+# ~2 ns per value. It decides between _padded and _power_of_two at inference only.
+_CHUNK_COST_IN_VALUES = 85_000
+
+
+def _cost(chunks: list[tuple[int, int, int, int]], channels: int) -> int:
+    """Estimated cost of a plan, in gathered values."""
+    return sum(_CHUNK_COST_IN_VALUES + (stop - start) * h * w * channels for start, stop, h, w in chunks)
+
+
+def _plan(
+    span_h: Tensor, span_w: Tensor, channels: int, padded: Callable[[int], int] | None = None
+) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
     """Processing order (``[K]``, on the CPU) and chunks ``(start, stop, crop_h, crop_w)`` of that order.
 
-    RoIs with the same padded crop size are adjacent and share a chunk of at most ``_MAX_CHUNK`` RoIs and,
+    RoIs with the same padded crop size (``padded``, default :func:`_padded`) are adjacent and share a chunk of at
+    most ``_MAX_CHUNK`` RoIs and,
     where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed alone, whatever it
     costs). The loop runs over distinct crop sizes, not over RoIs.
     """
-    padded_h = torch.tensor([_padded(v) for v in span_h.tolist()], dtype=torch.int64)
-    padded_w = torch.tensor([_padded(v) for v in span_w.tolist()], dtype=torch.int64)
+    padded = padded or _padded
+    padded_h = torch.tensor([padded(v) for v in span_h.tolist()], dtype=torch.int64)
+    padded_w = torch.tensor([padded(v) for v in span_w.tolist()], dtype=torch.int64)
     key = padded_h * (int(padded_w.max()) + 1) + padded_w
     order = torch.argsort(key, stable=True)
     values, counts = torch.unique_consecutive(key[order], return_counts=True)
