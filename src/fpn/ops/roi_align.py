@@ -12,8 +12,9 @@ features, instead of once per sample corner (784 reads for a 7x7 output with 2x2
 crop of typically 16x16 for RoIs on their FPN level), and the weighting is two batched matrix products.
 RoIs are grouped by padded crop size so that one chunk is one gather; at inference a level may take a
 coarser padding (powers of two) when the chunks it saves cost more than the pixels it adds (:func:`_cost`).
-The backward pass is written by hand (:class:`_PoolCrops`), as torchvision's kernel is: the transposed products, then a scatter-add of each chunk
-into one gradient map per level, so that neither pass holds more than one chunk of crops.
+The backward pass is written by hand (:class:`_PoolCrops`), as torchvision's kernel is: the transposed
+products, then a scatter-add of each chunk into one gradient map per level, so that neither pass holds more
+than one chunk of crops.
 """
 
 from __future__ import annotations
