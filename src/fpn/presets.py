@@ -63,7 +63,7 @@ def _cpu_preset(width: int, channels: int, representation: int) -> ModelConfig:
         pyramid=PyramidConfig(channels=channels, norm="gn", test_scales=[256, 320, 416]),
         anchors=AnchorConfig(sizes=[16, 32, 64, 128, 256]),
         # 150 proposals at test time, as torchvision's 320 px mobile Faster R-CNN keeps: on the synthetic set,
-        # the same AP as 300 (the box head's cost halves; fewer than 150 lose AP), measured in
+        # the same AP as 300 (the box head's cost halves; 100 lose recall, 50 AP), measured in
         # benchmarks/results/proposals_2026-12-03.md. Dense scenes may want more: --set rpn.post_nms_top_n_test=300.
         rpn=RPNConfig(
             pre_nms_top_n_train=1000, post_nms_top_n_train=500, pre_nms_top_n_test=500, post_nms_top_n_test=150

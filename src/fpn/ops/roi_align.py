@@ -362,9 +362,8 @@ def _plan(
     """Processing order (``[K]``, on the CPU) and chunks ``(start, stop, crop_h, crop_w)`` of that order.
 
     RoIs with the same padded crop size (``padded``, default :func:`_padded`) are adjacent and share a chunk of at
-    most ``_MAX_CHUNK`` RoIs and,
-    where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed alone, whatever it
-    costs). The loop runs over distinct crop sizes, not over RoIs.
+    most ``_MAX_CHUNK`` RoIs and, where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed
+    alone, whatever it costs). The loop runs over distinct crop sizes, not over RoIs.
     """
     padded = padded or _padded
     padded_h = torch.tensor([padded(v) for v in span_h.tolist()], dtype=torch.int64)
