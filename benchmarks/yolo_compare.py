@@ -14,10 +14,12 @@ trips). Per seed, one run after another on an otherwise idle machine:
   then its val detections at Ultralytics' own validation settings.
 
 Both detection lists are scored here by :func:`fpn.engine.evaluate.coco_metrics` against the same COCO val
-json. Latency: each trained model at batch 1 on decoded val images, pre- and post-processing included (fpn
-optimized as ``fpn detect`` runs it; YOLO through ``model.predict``), median over rounds, each in its own
-process with the same threads. The two sides run different torch builds (the project's CPU 2.13.0; the
-reference venv's 2.14.1). Writes ``benchmarks/results/yolo_<date>.{md,json}``.
+json; fpn's checkpoint is also scored in bf16 (``fpn detect --precision bf16``). Latency: each trained model at
+batch 1 on decoded val images, pre- and post-processing included (fpn optimized as ``fpn detect`` runs it, in
+fp32 and in bf16; YOLO through ``model.predict`` in a ``yolo_reference.py --serve`` process), median over rounds
+that alternate between the three, each side in its own process with the same threads: the machine's speed
+drifts between minutes by more than the differences measured. The two sides run different torch builds (the
+project's CPU 2.13.0; the reference venv's 2.14.1). Writes ``benchmarks/results/yolo_<date>.{md,json}``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from fpn.data import load_dataset
 from fpn.detection import load_detector
 from fpn.engine.config import DEMO_TRAIN
-from fpn.engine.evaluate import coco_metrics
+from fpn.engine.evaluate import coco_metrics, predict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -89,23 +91,54 @@ def yolo_run(args, seed: int, data: Path, env: dict, val: dict) -> dict:
             "detections": detections}  # fmt: skip
 
 
-def fpn_latency(args, seed: int) -> float:
-    """ms per image, batch 1, optimized fp32 as ``fpn detect`` runs it, median over rounds."""
+def fpn_bf16_metrics(args, seed: int, data: Path, val: dict) -> dict:
+    """COCO metrics of fpn's checkpoint run in bf16 (as ``fpn detect --precision bf16``), same val json."""
+    torch.set_num_threads(args.threads)
+    model, _ = load_detector(args.runs / f"fpn-seed{seed}" / "model.pt")
+    with torch.inference_mode():
+        model = model.optimize_for_inference(torch.bfloat16)
+        detections = predict(model, load_dataset(str(data / "coco" / "data.yaml"), "val"), batch_size=1)
+    return coco_metrics(val, detections)
+
+
+def alternating_latency(args, seed: int, data: Path, env: dict) -> dict[str, dict]:
+    """ms per image, batch 1, of fpn in fp32 and bf16 and of YOLOv8n, median over rounds alternating between them."""
     torch.set_num_threads(args.threads)
     val = load_dataset("synthetic", "val")
     images = [val.load_image(i) for i in range(args.images)]
-    model, _ = load_detector(args.runs / f"fpn-seed{seed}" / "model.pt")
-    rounds = []
-    with torch.inference_mode():
-        model = model.optimize_for_inference()
-        for image in images[:3]:
-            model([image])
-        for _ in range(args.rounds):
-            start = time.perf_counter()
-            for image in images:
-                model([image])
-            rounds.append((time.perf_counter() - start) / len(images))
-    return 1000 * statistics.median(rounds)
+    command = [args.ref_python, str(REPO / "benchmarks" / "yolo_reference.py"), "--serve", "--data",
+               str(data / "yolo" / "data.yaml"), "--minutes", "0", "--threads", str(args.threads), "--imgsz",
+               str(args.imgsz), "--images", str(args.images), "--out", str(args.runs / f"yolo-seed{seed}")]  # fmt: skip
+    server = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def yolo_round() -> float:
+        server.stdin.write("round\n")
+        server.stdin.flush()
+        return float(server.stdout.readline())
+
+    rounds: dict[str, list[float]] = {"fpn": [], "fpn-bf16": [], "yolov8n": []}
+    try:
+        while server.stdout.readline().strip() != "ready":  # Ultralytics may print before it
+            if server.poll() is not None:
+                raise RuntimeError(f"{' '.join(command)} exited with {server.returncode}")
+        with torch.inference_mode():
+            models = {}
+            for name, dtype in (("fpn", torch.float32), ("fpn-bf16", torch.bfloat16)):
+                model, _ = load_detector(args.runs / f"fpn-seed{seed}" / "model.pt")
+                models[name] = model.optimize_for_inference(dtype)
+                for image in images[:3]:  # warm-up
+                    models[name]([image])
+            for _ in range(args.rounds):
+                for name, model in models.items():
+                    start = time.perf_counter()
+                    for image in images:
+                        model([image])
+                    rounds[name].append(1000 * (time.perf_counter() - start) / len(images))
+                rounds["yolov8n"].append(yolo_round())
+    finally:
+        server.stdin.close()
+        server.wait()
+    return {name: {"ms_per_image": statistics.median(values), "rounds_ms": values} for name, values in rounds.items()}
 
 
 def cell(values: list[float]) -> str:
@@ -147,8 +180,17 @@ def main() -> None:
             record["metrics"] = coco_metrics(val, record.pop("detections"))
             record["seed"] = seed
             runs[name].append(record)
-    for record, seed in zip(runs["fpn"], seeds, strict=True):
-        record["latency_ms"] = fpn_latency(args, seed)
+    runs["fpn-bf16"] = []
+    for fpn, yolo, seed in zip(runs["fpn"], runs["yolov8n"], seeds, strict=True):
+        measured = alternating_latency(args, seed, data, env)
+        yolo["latency_alone_ms"] = yolo["latency_ms"]  # timed right after its training, by itself
+        for record, name in ((fpn, "fpn"), (yolo, "yolov8n")):
+            record["latency_ms"] = measured[name]["ms_per_image"]
+            record["latency_rounds_ms"] = measured[name]["rounds_ms"]
+        runs["fpn-bf16"].append({"seed": seed, "metrics": fpn_bf16_metrics(args, seed, data, val),
+                                 "latency_ms": measured["fpn-bf16"]["ms_per_image"],
+                                 "latency_rounds_ms": measured["fpn-bf16"]["rounds_ms"],
+                                 "cpu_s": fpn["cpu_s"], "iterations": fpn.get("iterations")})  # fmt: skip
     record = {"date": str(datetime.date.today()), "cpu": cpu_model(), "threads": args.threads,
               "minutes": args.minutes, "imgsz": args.imgsz,
               "load_before": load_before, "load_after": os.getloadavg(), "runs": runs}  # fmt: skip
@@ -167,8 +209,9 @@ def main() -> None:
         "",
         f"CPU: {record['cpu']}, {args.threads} threads; load average before {load_before}, after "
         f"{tuple(round(v, 2) for v in record['load_after'])}. Input {args.imgsz} px. Latency: batch 1, decoded "
-        f"image to detections, median of {args.rounds} rounds over {args.images} val images. Cells: mean (min-max) "
-        f"over seeds {args.seeds}.",
+        f"image to detections, median of {args.rounds} rounds over {args.images} val images, the rounds alternating "
+        f"between fpn fp32, fpn bf16 and YOLOv8n. Cells: mean (min-max) over seeds {args.seeds}. The bf16 row is "
+        "the fp32 row's checkpoint run in bf16 (no training of its own).",
         "",
         "| model | " + " | ".join(METRICS) + " | latency ms/image | CPU s training | iterations / epochs |",
         "| --- |" + " --- |" * (len(METRICS) + 3),
@@ -177,12 +220,13 @@ def main() -> None:
         cells = [cell([r["metrics"][m] or 0.0 for r in rs]) for m in METRICS]
         steps = ", ".join(str(r.get("iterations") or r.get("epochs")) for r in rs)
         cpu = ", ".join(f"{r['cpu_s']:.0f}" for r in rs)
-        label = args.model if name == "fpn" else name
+        label = {"fpn": args.model, "fpn-bf16": f"{args.model} (bf16 inference)"}.get(name, name)
         lines.append(
             f"| {label} | " + " | ".join(cells) + f" | {cell([r['latency_ms'] for r in rs])} | {cpu} | {steps} |"
         )
     lines += ["", f"AP ratio fpn / YOLOv8n: {ratio:.2f}x (goal 1.3x); latency {latency['fpn']:.1f} ms vs "
-              f"{latency['yolov8n']:.1f} ms (goal: no more)."]  # fmt: skip
+              f"{latency['yolov8n']:.1f} ms (goal: no more); in bf16 {latency['fpn-bf16']:.1f} ms at AP "
+              f"{means['fpn-bf16']['AP']:.1f}."]  # fmt: skip
     write_record(args.out_dir, "yolo", lines, record)
 
 

@@ -14,6 +14,10 @@ Then, from ``last.pt``:
   (Ultralytics' own validation settings), as ``{file_name, category_index, bbox [x, y, w, h], score}``;
 - ``latency.json``: ``model.predict`` on decoded images (BGR arrays, as Ultralytics takes them), batch 1,
   pre- and post-processing included, median over rounds of the first ``--images`` val images.
+
+With ``--serve`` it trains nothing: it loads ``last.pt`` from ``--out``, warms up, then times one round per line
+read from stdin and prints its ms per image, so that ``yolo_compare.py`` can alternate its rounds with fpn's
+(the machine's speed drifts by more than the difference being measured).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +42,29 @@ def val_images(data: Path) -> list[Path]:
     root = Path(spec.get("path") or data.parent)
     folder = root / spec["val"]
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+
+
+def bgr_arrays(paths: list[Path]) -> list[np.ndarray]:
+    """Decoded images as Ultralytics takes them (BGR, H x W x 3)."""
+    return [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[:, :, ::-1]) for p in paths]
+
+
+def one_round(model, arrays: list[np.ndarray], imgsz: int) -> float:
+    """Seconds per image of one pass of batch-1 predictions over ``arrays``."""
+    tick = time.perf_counter()
+    for array in arrays:
+        model.predict(array, imgsz=imgsz, device="cpu", verbose=False)
+    return (time.perf_counter() - tick) / len(arrays)
+
+
+def serve_rounds(model, paths: list[Path], args: argparse.Namespace) -> None:
+    """One timed round per line of stdin, its ms per image printed (one line each) until stdin closes."""
+    arrays = bgr_arrays(paths[: args.images])
+    for array in arrays[:3]:  # warm-up
+        model.predict(array, imgsz=args.imgsz, device="cpu", verbose=False)
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        print(f"{1000 * one_round(model, arrays, args.imgsz):.4f}", flush=True)
 
 
 def cpu_seconds() -> float:
@@ -58,6 +86,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--serve", action="store_true", help="time rounds on request (see the module's notes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from ultralytics import YOLO, __version__
@@ -67,6 +96,9 @@ def main() -> None:
     # cpu_count - 1: one thread on a 2-core machine whatever OMP_NUM_THREADS says. Give it the threads fpn has.
     torch_utils.NUM_THREADS = args.threads
 
+    if args.serve:
+        serve_rounds(YOLO(str(args.out / "train" / "weights" / "last.pt")), val_images(args.data), args)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     start, before = time.perf_counter(), cpu_seconds()
     model = YOLO("yolov8n.yaml")
@@ -96,15 +128,10 @@ def main() -> None:
                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})  # fmt: skip
     (args.out / "detections.json").write_text(json.dumps(detections) + "\n")
 
-    arrays = [np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[:, :, ::-1]) for p in paths[: args.images]]
+    arrays = bgr_arrays(paths[: args.images])
     for array in arrays[:3]:  # warm-up
         trained.predict(array, imgsz=args.imgsz, device="cpu", verbose=False)
-    rounds = []
-    for _ in range(args.rounds):
-        tick = time.perf_counter()
-        for array in arrays:
-            trained.predict(array, imgsz=args.imgsz, device="cpu", verbose=False)
-        rounds.append((time.perf_counter() - tick) / len(arrays))
+    rounds = [one_round(trained, arrays, args.imgsz) for _ in range(args.rounds)]
     latency = {"ms_per_image": 1000 * statistics.median(rounds), "rounds_ms": [1000 * r for r in rounds],
                "images": len(arrays), "threads": args.threads, "imgsz": args.imgsz}  # fmt: skip
     (args.out / "latency.json").write_text(json.dumps({"train": train, "latency": latency}, indent=1) + "\n")

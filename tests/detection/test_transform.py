@@ -293,3 +293,20 @@ def test_detector_pads_so_that_every_map_tiles_the_image(design):
         assert ph % stride == 0 and pw % stride == 0
     for lv in model.levels:
         assert tuple(pyramid[lv.name].shape[-2:]) == (-(-ph // lv.stride), -(-pw // lv.stride)), lv.name
+
+
+def test_an_image_at_the_model_size_is_neither_resized_nor_padded_and_matches_the_interpolated_path():
+    """At scale 1 the resize is skipped and, on a padded size, so is the padding copy: the batch must equal what
+    the bilinear resize and the zero padding would have made (bilinear at scale 1 is the identity)."""
+    transform = make_transform(min_size=(128,), max_size=192).eval()
+    image = torch.rand(3, 128, 160, generator=torch.Generator().manual_seed(0))
+    batch, _ = transform([image])
+    normalised = (image - transform.mean) / transform.std
+    interpolated = F.interpolate(
+        normalised[None], scale_factor=1.0, mode="bilinear", recompute_scale_factor=True, align_corners=False
+    )
+    assert batch.image_sizes == [(128, 160)]
+    torch.testing.assert_close(batch.tensors, interpolated, rtol=0, atol=0)
+    assert batch.tensors.is_contiguous()
+    image[0, 0, 0] = 0.5  # the caller's image is not the batch
+    assert batch.tensors.data_ptr() != image.data_ptr()

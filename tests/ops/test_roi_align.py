@@ -194,21 +194,20 @@ def test_inference_padding_choice_keeps_results(monkeypatch: pytest.MonkeyPatch,
     features = torch.randn(2, 4, 16, 20, generator=gen)
     rois = make_rois(gen, 60, 2, extent_w=40.0, extent_h=32.0).float()
     plans = []
-    real_plan = ROI_ALIGN_MODULE._plan
+    real_grouping = ROI_ALIGN_MODULE._grouping
 
     def spy(*args):
-        plans.append(len(args) == 4)  # the coarse plan is asked for with its rounding
-        return real_plan(*args)
+        plans.append(args[-1] is ROI_ALIGN_MODULE._power_of_two)  # the coarse plan's rounding
+        return real_grouping(*args)
 
-    monkeypatch.setattr(ROI_ALIGN_MODULE, "_plan", spy)
+    monkeypatch.setattr(ROI_ALIGN_MODULE, "_grouping", spy)
     outputs = {}
     for name, cost in (("fine", 0), ("coarse", 1 << 60)):
         monkeypatch.setattr(ROI_ALIGN_MODULE, "_CHUNK_COST_IN_VALUES", cost)
         outputs[name] = roi_align(features, rois, 3, 0.5, ratio)
-    fine_chunks = ROI_ALIGN_MODULE._plan(torch.full((8,), 5), torch.arange(3, 11), 4)[1]
-    coarse_chunks = ROI_ALIGN_MODULE._plan(torch.full((8,), 5), torch.arange(3, 11), 4, ROI_ALIGN_MODULE._power_of_two)[
-        1
-    ]
+    spans = torch.full((8,), 5), torch.arange(3, 11)
+    fine_chunks = ROI_ALIGN_MODULE._grouping([8], *spans, 4, ROI_ALIGN_MODULE._padded)[1]
+    coarse_chunks = ROI_ALIGN_MODULE._grouping([8], *spans, 4, ROI_ALIGN_MODULE._power_of_two)[1]
     assert len(coarse_chunks) < len(fine_chunks)
     torch.testing.assert_close(outputs["coarse"], outputs["fine"], rtol=1e-5, atol=1e-6)
     assert any(plans)

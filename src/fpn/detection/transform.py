@@ -83,6 +83,8 @@ class DetectionTransform(nn.Module):
 
     def resize(self, image: torch.Tensor, shorter: int) -> torch.Tensor:
         scale = self.scale_for(image.shape[-2:], shorter)
+        if scale == 1.0:
+            return image  # bilinear interpolation at scale 1 is the identity: an image already at size is kept
         return F.interpolate(
             image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
         )[0]
@@ -188,10 +190,13 @@ class DetectionTransform(nn.Module):
         stride = self.size_divisible
         height = -(-max(img.shape[1] for img in images) // stride) * stride
         width = -(-max(img.shape[2] for img in images) // stride) * stride
+        sizes = [(int(img.shape[1]), int(img.shape[2])) for img in images]
+        if len(images) == 1 and sizes[0] == (height, width):
+            return ImageBatch(images[0][None].contiguous(), sizes)  # nothing to pad: no copy
         tensors = images[0].new_zeros((len(images), 3, height, width))
         for img, slot in zip(images, tensors):
             slot[:, : img.shape[1], : img.shape[2]].copy_(img)
-        return ImageBatch(tensors, [(int(img.shape[1]), int(img.shape[2])) for img in images])
+        return ImageBatch(tensors, sizes)
 
     @staticmethod
     def postprocess(

@@ -122,72 +122,97 @@ def roi_align_levels(
     ``rois[i]`` (``[Ki, 5]``, valid batch indices, float32/64) are pooled from ``maps[i]`` at
     ``spatial_scales[i]`` into the result's rows ``positions[i]``; rows no level fills stay zero. Writing
     every level straight into one buffer saves the concatenation and reordering copies of a per-level
-    pooling (each as large as the result, 51 MB for 1000 RoIs of 256 x 7 x 7).
+    pooling (each as large as the result, 51 MB for 1000 RoIs of 256 x 7 x 7). The per-RoI work (sampling
+    taps, crop sizes, the plan) runs once over every level's RoIs together: each call has a fixed cost that
+    a handful of levels would otherwise pay each (most of the pooling time for 150 RoIs).
     """
     out_h, out_w = output_size
     first = maps[0]
     coord_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
-    tables, jobs = [], []
-    for features, level_rois, level_positions, scale in zip(maps, rois, positions, spatial_scales):
-        if level_rois.shape[0] == 0:
-            continue
-        table, level_jobs = _level_jobs(
-            features, level_rois.to(coord_dtype), level_positions, output_size, scale, sampling_ratio, aligned
-        )
-        tables.append(table)
-        jobs.append(level_jobs)
-    if not tables:
+    present = [i for i, level_rois in enumerate(rois) if level_rois.shape[0] > 0]
+    if not present:
         # Keep the result attached to the graph so that a loss over zero RoIs still backpropagates (zeros).
         zeros = first.new_zeros(num_rois, first.shape[1], out_h, out_w)
         return zeros + sum(m.flatten()[:0].sum() for m in maps)
+    maps = [maps[i] for i in present]
+    jobs = _jobs(
+        maps,
+        [rois[i].to(coord_dtype) for i in present],
+        torch.cat([positions[i] for i in present]),
+        output_size,
+        [spatial_scales[i] for i in present],
+        sampling_ratio,
+        aligned,
+    )
+    # [N * H * W, C] per map: one row per feature-map position (a view for channels-last features).
+    tables = [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in maps]
     return _PoolCrops.apply((num_rois, out_h, out_w), coord_dtype, jobs, *tables)
 
 
-def _level_jobs(
-    features: Tensor,
-    rois: Tensor,
+def _jobs(
+    maps: Sequence[Tensor],
+    rois: Sequence[Tensor],
     positions: Tensor,
     output_size: tuple[int, int],
-    spatial_scale: float,
+    spatial_scales: Sequence[float],
     sampling_ratio: int,
     aligned: bool,
-) -> tuple[Tensor, list[_Chunk]]:
-    """The ``[N * H * W, C]`` table of one map and the chunks that pool ``rois`` from it."""
+) -> list[list[_Chunk]]:
+    """Per map, the chunks that pool its ``rois`` (``positions``: every RoI's output row, maps in order)."""
     out_h, out_w = output_size
-    batch, channels, height, width = features.shape
-    coord_dtype = rois.dtype
-    geometry = _roi_geometry(rois, out_h, out_w, spatial_scale, sampling_ratio, aligned)
+    device = positions.device
+    counts = torch.tensor([r.shape[0] for r in rois], device=device)
+    all_rois = torch.cat(list(rois))
+    coord_dtype = all_rois.dtype
+
+    def per_roi(values: list, dtype: torch.dtype) -> Tensor:
+        return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(counts)
+
+    heights = per_roi([m.shape[2] for m in maps], torch.int64)
+    widths = per_roi([m.shape[3] for m in maps], torch.int64)
+    scales = per_roi(list(spatial_scales), coord_dtype)
+    geometry = _roi_geometry(all_rois, out_h, out_w, scales, sampling_ratio, aligned)
     # Samples per bin are padded to the largest grid (extra samples get zero weight): the taps are small
     # [K, out, grid] tensors, so one layout for every RoI costs nothing and needs no grouping by grid.
     max_grid_h = max(int(geometry.grid_h.max()), 1)
     max_grid_w = max(int(geometry.grid_w.max()), 1)
-    taps_y = _axis_taps(geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, max_grid_h, height, coord_dtype)
-    taps_x = _axis_taps(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, max_grid_w, width, coord_dtype)
+    taps_y = _axis_taps(geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, max_grid_h, heights, coord_dtype)
+    taps_x = _axis_taps(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, max_grid_w, widths, coord_dtype)
+    base = all_rois[:, 0].long() * (heights * widths)  # the RoI's image's first row in its map's table
 
-    # [N * H * W, C]: one row per feature-map position (a view for channels-last features).
-    table = features.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-    base = rois[:, 0].long() * (height * width)
-    spans = taps_y.span.cpu(), taps_x.span.cpu()
-    order, chunks = _plan(*spans, channels)
-    if not features.requires_grad:
-        # Inference: fewer, more padded chunks where the saved per-chunk costs outweigh the extra pixels.
-        coarse = _plan(*spans, channels, _power_of_two)
-        if _cost(coarse[1], channels) < _cost(chunks, channels):
-            order, chunks = coarse
-    jobs = []
-    for start, stop, crop_h, crop_w in chunks:
-        idx = order[start:stop].to(features.device)
-        y, x = taps_y.select(idx), taps_x.select(idx)
-        index = _crop_index(base[idx], y.first, x.first, (crop_h, crop_w), (height, width))
-        jobs.append(_Chunk(positions[idx], y, x, index))
-    return table, jobs
+    # Inference: a level may take fewer, more padded chunks where the saved per-chunk costs outweigh the pixels.
+    coarse = not any(m.requires_grad for m in maps)
+    order, chunks = _plan(counts.tolist(), taps_y.span.cpu(), taps_x.span.cpu(), maps[0].shape[1], coarse)
+    # Every per-RoI tensor in plan order once; per map, the weight matrices and crop rows and columns at its
+    # largest crop, so that a chunk takes slices (views) of them instead of building its own.
+    order = order.to(device)
+    taps_y, taps_x = taps_y.select(order), taps_x.select(order)
+    base, positions = base[order], positions[order]
+    jobs: list[list[_Chunk]] = [[] for _ in maps]
+    level_starts = [0, *counts.cumsum(0).tolist()]
+    for level, features in enumerate(maps):
+        level_chunks = [chunk for chunk in chunks if chunk[0] == level]
+        low, high = level_starts[level], level_starts[level + 1]
+        crop_h, crop_w = max(chunk[3] for chunk in level_chunks), max(chunk[4] for chunk in level_chunks)
+        weights_y = taps_y.slice(low, high).matrix(crop_h)  # [K_l, out_h, crop_h]
+        weights_x = taps_x.slice(low, high).matrix(crop_w)  # [K_l, out_w, crop_w]
+        rows, cols = _crop_rows_cols(
+            base[low:high], taps_y.first[low:high], taps_x.first[low:high], (crop_h, crop_w), features.shape[2:]
+        )
+        for _, start, stop, h, w in level_chunks:
+            first, last = start - low, stop - low
+            index = rows[first:last, :h, None] + cols[first:last, None, :w]  # [R, h, w] rows of the table
+            weights = weights_y[first:last, :, :h], weights_x[first:last, :, :w]
+            jobs[level].append(_Chunk(positions[start:stop], *weights, index))
+    return jobs
 
 
 class _Chunk:
-    """RoIs pooled together: their positions in the output, taps and crop rows of the table."""
+    """RoIs pooled together: their positions in the output, the bins' weights of their crops' pixels along each
+    axis (``weights_y [R, out_h, crop_h]``, ``weights_x [R, out_w, crop_w]``) and crop rows of the table."""
 
-    def __init__(self, positions: Tensor, taps_y: _Taps, taps_x: _Taps, index: Tensor) -> None:
-        self.positions, self.taps_y, self.taps_x, self.index = positions, taps_y, taps_x, index
+    def __init__(self, positions: Tensor, weights_y: Tensor, weights_x: Tensor, index: Tensor) -> None:
+        self.positions, self.weights_y, self.weights_x, self.index = positions, weights_y, weights_x, index
 
 
 class _PoolCrops(torch.autograd.Function):
@@ -206,7 +231,7 @@ class _PoolCrops(torch.autograd.Function):
         for table, level_jobs in zip(tables, jobs):
             for job in level_jobs:
                 values = table.index_select(0, job.index.reshape(-1))
-                bins = _weigh(values, job.taps_y, job.taps_x, job.index.shape[1:], dtype)
+                bins = _weigh(values, job.weights_y, job.weights_x, dtype)
                 pooled[job.positions] = bins.permute(0, 3, 1, 2).to(pooled.dtype)
         ctx.jobs, ctx.dtype = jobs, dtype
         ctx.tables = [(table.shape, table.dtype) for table in tables]
@@ -223,8 +248,8 @@ class _PoolCrops(torch.autograd.Function):
                 crop_h, crop_w = job.index.shape[1:]
                 num, channels, out_h, out_w = len(job.positions), *grad.shape[1:]
                 g = grad[job.positions].permute(0, 2, 3, 1).to(ctx.dtype).reshape(num, out_h, out_w * channels)
-                along_x = torch.bmm(job.taps_y.matrix(crop_h).transpose(1, 2), g)  # [R, crop_h, out_w * C]
-                weight_x = job.taps_x.matrix(crop_w).transpose(1, 2)  # [R, crop_w, out_w]
+                along_x = torch.bmm(job.weights_y.transpose(1, 2), g)  # [R, crop_h, out_w * C]
+                weight_x = job.weights_x.transpose(1, 2)  # [R, crop_w, out_w]
                 weight_x = weight_x[:, None].expand(num, crop_h, crop_w, out_w).reshape(num * crop_h, crop_w, out_w)
                 values = torch.bmm(weight_x, along_x.view(num * crop_h, out_w, channels))  # [R * crop_h, crop_w, C]
                 grad_table.index_add_(0, job.index.reshape(-1), values.view(-1, channels))
@@ -244,7 +269,7 @@ class _Geometry:
 
 
 def _roi_geometry(
-    rois: Tensor, out_h: int, out_w: int, spatial_scale: float, sampling_ratio: int, aligned: bool
+    rois: Tensor, out_h: int, out_w: int, spatial_scale: float | Tensor, sampling_ratio: int, aligned: bool
 ) -> _Geometry:
     offset = 0.5 if aligned else 0.0
     start_x = rois[:, 1] * spatial_scale - offset
@@ -284,6 +309,11 @@ class _Taps:
     def select(self, idx: Tensor) -> _Taps:
         return _Taps(self.first[idx], self.span[idx], self.low[idx], self.high[idx], self.w_low[idx], self.w_high[idx])
 
+    def slice(self, start: int, stop: int) -> _Taps:
+        """The RoIs ``start:stop`` (views)."""
+        fields = (self.first, self.span, self.low, self.high, self.w_low, self.w_high)
+        return _Taps(*(field[start:stop] for field in fields))
+
     def matrix(self, span: int) -> Tensor:
         """``[R, out, span]``: the weight of each crop pixel in each output bin (interpolation and averaging)."""
         num, out, _ = self.low.shape
@@ -293,9 +323,9 @@ class _Taps:
 
 
 def _axis_taps(
-    start: Tensor, bin_size: Tensor, grid: Tensor, out: int, num_samples: int, size: int, dtype: torch.dtype
+    start: Tensor, bin_size: Tensor, grid: Tensor, out: int, num_samples: int, size: Tensor, dtype: torch.dtype
 ) -> _Taps:
-    """The taps along one axis (see :class:`_Taps`), for a map of ``size`` pixels along it.
+    """The taps along one axis (see :class:`_Taps`), for maps of ``size [K]`` (int64) pixels along it (per RoI).
 
     Samples beyond a RoI's own ``grid`` (an empty grid is planned as one sample) and samples outside
     ``[-1, size]`` get zero weights, as the kernel skips them; they are also kept out of the crop.
@@ -305,6 +335,7 @@ def _axis_taps(
     steps = torch.arange(num_samples, device=device, dtype=dtype)[None, None, :] + 0.5
     grid_f = grid.clamp(min=1).to(dtype)[:, None, None]
     bin_size = bin_size[:, None, None]
+    size = size[:, None, None]
     # Same association as the kernel: start + bin * size + ((i + 0.5) * size) / grid.
     coord = start[:, None, None] + bins * bin_size + steps * bin_size / grid_f
 
@@ -351,65 +382,96 @@ def _power_of_two(span: int) -> int:
 _CHUNK_COST_IN_VALUES = 85_000
 
 
-def _cost(chunks: list[tuple[int, int, int, int]], channels: int) -> int:
-    """Estimated cost of a plan, in gathered values."""
-    return sum(_CHUNK_COST_IN_VALUES + (stop - start) * h * w * channels for start, stop, h, w in chunks)
+def _cost(chunks: list[tuple[int, int, int, int, int]], channels: int) -> int:
+    """Estimated cost of a plan's chunks, in gathered values."""
+    return sum(_CHUNK_COST_IN_VALUES + (stop - start) * h * w * channels for _, start, stop, h, w in chunks)
 
 
 def _plan(
-    span_h: Tensor, span_w: Tensor, channels: int, padded: Callable[[int], int] | None = None
-) -> tuple[Tensor, list[tuple[int, int, int, int]]]:
-    """Processing order (``[K]``, on the CPU) and chunks ``(start, stop, crop_h, crop_w)`` of that order.
+    counts: list[int], span_h: Tensor, span_w: Tensor, channels: int, coarse: bool = False
+) -> tuple[Tensor, list[tuple[int, int, int, int, int]]]:
+    """Processing order (``[K]``, on the CPU) of RoIs that come map by map (``counts[i]`` from map ``i``) and the
+    chunks ``(map, start, stop, crop_h, crop_w)`` of that order.
 
-    RoIs with the same padded crop size (``padded``, default :func:`_padded`) are adjacent and share a chunk of at
-    most ``_MAX_CHUNK`` RoIs and, where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed
-    alone, whatever it costs). The loop runs over distinct crop sizes, not over RoIs.
+    Crop sizes are rounded by :func:`_padded`; with ``coarse`` (inference), a map takes :func:`_power_of_two`'s
+    rounding instead where :func:`_cost` estimates it cheaper.
     """
-    padded = padded or _padded
-    padded_h = torch.tensor([padded(v) for v in span_h.tolist()], dtype=torch.int64)
-    padded_w = torch.tensor([padded(v) for v in span_w.tolist()], dtype=torch.int64)
-    key = padded_h * (int(padded_w.max()) + 1) + padded_w
+    order, chunks = _grouping(counts, span_h, span_w, channels, _padded)
+    if not coarse:
+        return order, chunks
+    coarse_order, coarse_chunks = _grouping(counts, span_h, span_w, channels, _power_of_two)
+    # The map is the first sort key, so a map's RoIs fill the same stretch of both orders: pick per map.
+    parts, chosen, start = [], [], 0
+    for level, count in enumerate(counts):
+        fine = [chunk for chunk in chunks if chunk[0] == level]
+        rough = [chunk for chunk in coarse_chunks if chunk[0] == level]
+        take_rough = _cost(rough, channels) < _cost(fine, channels)
+        parts.append((coarse_order if take_rough else order)[start : start + count])
+        chosen += rough if take_rough else fine
+        start += count
+    return torch.cat(parts), chosen
+
+
+def _grouping(
+    counts: list[int], span_h: Tensor, span_w: Tensor, channels: int, padded: Callable[[int], int]
+) -> tuple[Tensor, list[tuple[int, int, int, int, int]]]:
+    """One rounding's order and chunks (see :func:`_plan`).
+
+    RoIs of the same map and padded crop size are adjacent and share a chunk of at most ``_MAX_CHUNK`` RoIs and,
+    where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed alone, whatever it costs).
+    The loop runs over distinct (map, crop size) pairs, not over RoIs.
+    """
+    padded_h, padded_w = _rounded(span_h, padded), _rounded(span_w, padded)
+    high, wide = int(padded_h.max()) + 1, int(padded_w.max()) + 1
+    level = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    key = (level * high + padded_h) * wide + padded_w
     order = torch.argsort(key, stable=True)
-    values, counts = torch.unique_consecutive(key[order], return_counts=True)
+    values, runs = torch.unique_consecutive(key[order], return_counts=True)
     chunks = []
     start = 0
-    for value, count in zip(values.tolist(), counts.tolist()):
-        crop_h, crop_w = divmod(value, int(padded_w.max()) + 1)
+    for value, count in zip(values.tolist(), runs.tolist()):
+        level_index, crop = divmod(value, high * wide)
+        crop_h, crop_w = divmod(crop, wide)
         step = max(1, min(_MAX_CHUNK, _GATHER_BUDGET // (crop_h * crop_w * channels)))
         for first in range(start, start + count, step):
-            chunks.append((first, min(first + step, start + count), crop_h, crop_w))
+            chunks.append((level_index, first, min(first + step, start + count), crop_h, crop_w))
         start += count
     return order, chunks
 
 
-def _crop_index(
-    base: Tensor, first_y: Tensor, first_x: Tensor, crop: tuple[int, int], map_size: tuple[int, int]
-) -> Tensor:
-    """Rows of the ``[N * H * W, C]`` table that hold each RoI's ``crop_h x crop_w`` crop: ``[R, crop_h, crop_w]``.
+def _rounded(spans: Tensor, padded: Callable[[int], int]) -> Tensor:
+    """``padded`` of every span (int64, CPU), computed once per distinct value."""
+    values, inverse = torch.unique(spans, return_inverse=True)
+    return torch.tensor([padded(v) for v in values.tolist()], dtype=torch.int64)[inverse]
+
+
+def _crop_rows_cols(
+    base: Tensor, first_y: Tensor, first_x: Tensor, crop: tuple[int, int], map_size: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Table rows of each RoI's crop rows (``[R, crop_h]``, its image's ``base`` included) and crop columns
+    (``[R, crop_w]``): their sum ``rows[:, :, None] + cols[:, None, :]`` indexes the crop's pixels.
 
     A crop starts at the first pixel its RoI's samples touch; padding beyond the map is clamped onto it
     (those pixels get zero weight in :func:`_weigh`).
     """
     (crop_h, crop_w), (height, width) = crop, map_size
-    rows = (first_y[:, None] + torch.arange(crop_h, device=base.device)).clamp(max=height - 1)
-    cols = (first_x[:, None] + torch.arange(crop_w, device=base.device)).clamp(max=width - 1)
-    return (base[:, None, None] + rows[:, :, None] * width) + cols[:, None, :]
+    rows = (first_y[:, None] + torch.arange(crop_h, device=base.device)).clamp_(max=height - 1)
+    cols = (first_x[:, None] + torch.arange(crop_w, device=base.device)).clamp_(max=width - 1)
+    return rows.mul_(width).add_(base[:, None]), cols
 
 
-def _weigh(values: Tensor, taps_y: _Taps, taps_x: _Taps, crop: torch.Size, dtype: torch.dtype) -> Tensor:
+def _weigh(values: Tensor, weights_y: Tensor, weights_x: Tensor, dtype: torch.dtype) -> Tensor:
     """Pool ``R`` RoIs from their gathered crops ``[R * crop_h * crop_w, C]`` -> ``[R, out_h, out_w, C]``.
 
     Bilinear interpolation and the bin average are separable, so a RoI's output is ``Ay @ crop @ Ax^T`` per
-    channel, with ``Ay [out_h, crop_h]`` and ``Ax [out_w, crop_w]`` holding every sample's weights: two
-    batched matrix products. The crop's padding (beyond the map or the RoI) has zero weight.
+    channel, with ``Ay = weights_y [R, out_h, crop_h]`` and ``Ax = weights_x [R, out_w, crop_w]`` holding every
+    sample's weights: two batched matrix products. The crop's padding (beyond the map or the RoI) has zero weight.
     """
-    crop_h, crop_w = crop
-    num = values.shape[0] // (crop_h * crop_w)
+    num, out_w, crop_w = weights_x.shape
+    crop_h = weights_y.shape[2]
     # Low-precision features are widened after the gather so that the arithmetic runs in `dtype`.
     values = values.view(num * crop_h, crop_w, -1).to(dtype)
-    weight_x = taps_x.matrix(crop_w)  # [R, out_w, crop_w]
-    out_w = weight_x.shape[1]
-    weight_x = weight_x[:, None].expand(num, crop_h, out_w, crop_w).reshape(num * crop_h, out_w, crop_w)
+    weight_x = weights_x[:, None].expand(num, crop_h, out_w, crop_w).reshape(num * crop_h, out_w, crop_w)
     along_x = torch.bmm(weight_x, values).view(num, crop_h, -1)  # [R, crop_h, out_w * C]
-    pooled = torch.bmm(taps_y.matrix(crop_h), along_x)  # [R, out_h, out_w * C]
+    pooled = torch.bmm(weights_y, along_x)  # [R, out_h, out_w * C]
     return pooled.view(num, pooled.shape[1], out_w, -1)
