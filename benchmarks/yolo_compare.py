@@ -15,7 +15,7 @@ trips). Per seed, one run after another on an otherwise idle machine:
 
 Both detection lists are scored here by :func:`fpn.engine.evaluate.coco_metrics` against the same COCO val
 json; fpn's checkpoint is also scored in bf16 (``fpn detect --precision bf16``). Latency: each trained model at
-batch 1 on decoded val images, pre- and post-processing included (fpn optimized as ``fpn detect`` runs it, in
+batch 1 on decoded val images (uint8), pre- and post-processing included (fpn optimized as ``fpn detect`` runs it, in
 fp32 and in bf16; YOLO through ``model.predict`` in a ``yolo_reference.py --serve`` process), median over rounds
 that alternate between the three, each side in its own process with the same threads: the machine's speed
 drifts between minutes by more than the differences measured. The two sides run different torch builds (the
@@ -105,7 +105,8 @@ def alternating_latency(args, seed: int, data: Path, env: dict) -> dict[str, dic
     """ms per image, batch 1, of fpn in fp32 and bf16 and of YOLOv8n, median over rounds alternating between them."""
     torch.set_num_threads(args.threads)
     val = load_dataset("synthetic", "val")
-    images = [val.load_image(i) for i in range(args.images)]
+    # Decoded images, uint8 as the files hold them (YOLO gets decoded uint8 arrays): each side converts its own.
+    images = [(val.load_image(i) * 255).round().to(torch.uint8) for i in range(args.images)]
     command = [args.ref_python, str(REPO / "benchmarks" / "yolo_reference.py"), "--serve", "--data",
                str(data / "yolo" / "data.yaml"), "--minutes", "0", "--threads", str(args.threads), "--imgsz",
                str(args.imgsz), "--images", str(args.images), "--out", str(args.runs / f"yolo-seed{seed}")]  # fmt: skip

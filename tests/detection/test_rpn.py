@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from fpn.config import RPNConfig
-from fpn.detection.rpn import RegionProposalNetwork
+from fpn.detection.rpn import RegionProposalNetwork, RPNHead, flatten_level
 from fpn.levels import level
 from fpn.ops import BoxCoder, Matcher, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
@@ -111,3 +111,22 @@ def test_losses_with_an_image_without_boxes():
     losses["loss_rpn_box_reg"].backward()
     # Only the second image's anchors (the positives) get a box gradient.
     assert deltas.grad[0].abs().sum() == 0 and deltas.grad[1].abs().sum() > 0
+
+
+def test_inference_outputs_of_all_levels_at_once_equal_the_per_level_convolutions():
+    """Inference runs the two 1x1 convolutions as one product over every level's cells (flat_outputs); it must
+    give the per-level convolutions' values in the anchor generator's order, channels-last or not, batched."""
+    torch.manual_seed(0)
+    head = RPNHead(16, 3).eval()
+    for layer in (head.conv, head.cls_logits, head.bbox_pred):
+        torch.nn.init.normal_(layer.weight, std=0.1)
+        torch.nn.init.normal_(layer.bias, std=0.1)
+    maps = [torch.randn(2, 16, size, size + 3) for size in (20, 10, 5)]
+    with torch.inference_mode():
+        expected = [head(m) for m in maps]
+        logits = torch.cat([flatten_level(lg, 1) for lg, _ in expected], dim=1).squeeze(-1)
+        deltas = torch.cat([flatten_level(dl, 4) for _, dl in expected], dim=1)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            flat_logits, flat_deltas = head.flat_outputs([m.contiguous(memory_format=layout) for m in maps])
+            torch.testing.assert_close(flat_logits, logits, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(flat_deltas, deltas, rtol=1e-5, atol=1e-6)
