@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    args.runs = args.runs.resolve()  # Ultralytics files a relative project under its own runs folder
     args.runs.mkdir(parents=True, exist_ok=True)
     data = args.runs / "data"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}

@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--serve", action="store_true", help="time rounds on request (see the module's notes)")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # Ultralytics files a relative project under its own runs folder
     torch.set_num_threads(args.threads)
     from ultralytics import YOLO, __version__
     from ultralytics.utils import torch_utils
