@@ -26,9 +26,12 @@ def timed_run(command: list[str], env: dict | None = None, log: Path | None = No
 
 
 def write_record(out_dir: Path, name: str, lines: list[str], record: dict[str, Any]) -> Path:
-    """Print the Markdown ``lines`` and write them with ``record`` to ``out_dir/<name>_<date>.{md,json}``."""
+    """Print the Markdown ``lines`` and write them with ``record`` to ``out_dir/<name>_<date>.{md,json}``, or to
+    ``<name>_<date>_<HHMM>`` where a record of that day exists already (committed results are never overwritten)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"{name}_{time.strftime('%Y-%m-%d')}"
+    if stem.with_suffix(".md").exists() or stem.with_suffix(".json").exists():
+        stem = out_dir / f"{name}_{time.strftime('%Y-%m-%d_%H%M')}"
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(lines))
