@@ -57,11 +57,17 @@ def one_round(model, arrays: list[np.ndarray], imgsz: int) -> float:
     return (time.perf_counter() - tick) / len(arrays)
 
 
+def warmed_up_arrays(model, paths: list[Path], args: argparse.Namespace) -> list[np.ndarray]:
+    """The first ``--images`` val images decoded, after three untimed predictions on them."""
+    arrays = bgr_arrays(paths[: args.images])
+    for array in arrays[:3]:
+        model.predict(array, imgsz=args.imgsz, device="cpu", verbose=False)
+    return arrays
+
+
 def serve_rounds(model, paths: list[Path], args: argparse.Namespace) -> None:
     """One timed round per line of stdin, its ms per image printed (one line each) until stdin closes."""
-    arrays = bgr_arrays(paths[: args.images])
-    for array in arrays[:3]:  # warm-up
-        model.predict(array, imgsz=args.imgsz, device="cpu", verbose=False)
+    arrays = warmed_up_arrays(model, paths, args)
     print("ready", flush=True)
     for _ in sys.stdin:
         print(f"{1000 * one_round(model, arrays, args.imgsz):.4f}", flush=True)
@@ -129,9 +135,7 @@ def main() -> None:
                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})  # fmt: skip
     (args.out / "detections.json").write_text(json.dumps(detections) + "\n")
 
-    arrays = bgr_arrays(paths[: args.images])
-    for array in arrays[:3]:  # warm-up
-        trained.predict(array, imgsz=args.imgsz, device="cpu", verbose=False)
+    arrays = warmed_up_arrays(trained, paths, args)
     rounds = [one_round(trained, arrays, args.imgsz) for _ in range(args.rounds)]
     latency = {"ms_per_image": 1000 * statistics.median(rounds), "rounds_ms": [1000 * r for r in rounds],
                "images": len(arrays), "threads": args.threads, "imgsz": args.imgsz}  # fmt: skip

@@ -308,5 +308,6 @@ def test_an_image_at_the_model_size_is_neither_resized_nor_padded_and_matches_th
     assert batch.image_sizes == [(128, 160)]
     torch.testing.assert_close(batch.tensors, interpolated, rtol=0, atol=0)
     assert batch.tensors.is_contiguous()
-    image[0, 0, 0] = 0.5  # the caller's image is not the batch
     assert batch.tensors.data_ptr() != image.data_ptr()
+    image[0, 0, 0] = 0.5  # the caller's image is not the batch: changing it leaves the batch as it was
+    torch.testing.assert_close(batch.tensors, interpolated, rtol=0, atol=0)
