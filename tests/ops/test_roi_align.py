@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from fpn.ops.roi_align import boxes_to_rois, roi_align
 
 GOLDENS = Path(__file__).resolve().parents[1] / "golden" / "ops_goldens.pt"
 ROI_ALIGN_MODULE = sys.modules["fpn.ops.roi_align"]  # the package attribute `roi_align` is the function
+INFERENCE_MODULE = sys.modules["fpn.ops.roi_align_inference"]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,22 @@ def make_rois(gen: torch.Generator, num: int, batch: int, extent_w: float, exten
     return torch.cat([index, boxes], dim=1)
 
 
+PATHS = ("inference", "crop")
+
+
+def pool(path: str, features: torch.Tensor, rois, *args, **kwargs) -> torch.Tensor:
+    """``roi_align`` on the named path: ``inference`` (no gradient asked for: one weighted gather per level) or
+    ``crop`` (features that need a gradient: the crop path with its backward), the result detached."""
+    if path == "crop":
+        with torch.enable_grad():
+            features = features.detach().requires_grad_()
+            assert not INFERENCE_MODULE.supports([features])
+            return roi_align(features, rois, *args, **kwargs).detach()
+    with torch.inference_mode():
+        assert INFERENCE_MODULE.supports([features])
+        return roi_align(features, rois, *args, **kwargs)
+
+
 CONFIGS = [
     # (output size, spatial_scale, sampling_ratio, aligned)
     ((3, 4), 0.5, 2, False),
@@ -116,61 +134,67 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("output_size,scale,ratio,aligned", CONFIGS)
 def test_roi_align_matches_kernel_reference(
-    output_size: tuple[int, int], scale: float, ratio: int, aligned: bool
+    output_size: tuple[int, int], scale: float, ratio: int, aligned: bool, path: str
 ) -> None:
     gen = torch.Generator().manual_seed(0)
     features = torch.randn(2, 3, 7, 9, generator=gen, dtype=torch.float64)  # odd sizes, H != W
     rois = make_rois(gen, 10, 2, extent_w=9 / scale, extent_h=7 / scale)
-    got = roi_align(features, rois, output_size, spatial_scale=scale, sampling_ratio=ratio, aligned=aligned)
+    got = pool(path, features, rois, output_size, spatial_scale=scale, sampling_ratio=ratio, aligned=aligned)
     want = roi_align_reference(features, rois, *output_size, scale, ratio, aligned)
     assert got.shape == want.shape == (rois.shape[0], 3, *output_size)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("shape", [(1, 1), (1, 2), (3, 1)])
-def test_tiny_maps_match_kernel_reference(shape: tuple[int, int]) -> None:
+def test_tiny_maps_match_kernel_reference(shape: tuple[int, int], path: str) -> None:
     gen = torch.Generator().manual_seed(6)
     features = torch.randn(1, 2, *shape, generator=gen, dtype=torch.float64)
     rois = make_rois(gen, 4, 1, extent_w=float(shape[1]), extent_h=float(shape[0]))
     for ratio, aligned in ((2, False), (-1, True)):
-        got = roi_align(features, rois, 2, 1.0, ratio, aligned)
+        got = pool(path, features, rois, 2, 1.0, ratio, aligned)
         torch.testing.assert_close(
             got, roi_align_reference(features, rois, 2, 2, 1.0, ratio, aligned), rtol=0, atol=1e-12
         )
 
 
-def test_roi_align_float32_close_to_reference() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_roi_align_float32_close_to_reference(path: str) -> None:
     gen = torch.Generator().manual_seed(1)
     features = torch.randn(1, 4, 6, 5, generator=gen, dtype=torch.float64)
     rois = make_rois(gen, 8, 1, extent_w=5.0, extent_h=6.0)
     want = roi_align_reference(features, rois, 2, 2, 1.0, -1, False)
-    got = roi_align(features.float(), rois.float(), 2, 1.0, -1, False)
+    got = pool(path, features.float(), rois.float(), 2, 1.0, -1, False)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5)
 
 
-def test_constant_map_pools_to_the_constant_inside() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_constant_map_pools_to_the_constant_inside(path: str) -> None:
     features = torch.full((1, 2, 8, 8), 3.0)
     rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0], [0.0, 0.0, 0.0, 8.0, 8.0]])
     for aligned in (False, True):
-        out = roi_align(features, rois, 2, 1.0, 2, aligned)
+        out = pool(path, features, rois, 2, 1.0, 2, aligned)
         torch.testing.assert_close(out, torch.full_like(out, 3.0))
 
 
-def test_sampling_ratio_zero_and_negative_agree() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_sampling_ratio_zero_and_negative_agree(path: str) -> None:
     gen = torch.Generator().manual_seed(2)
     features = torch.randn(2, 2, 9, 11, generator=gen)
     rois = make_rois(gen, 12, 2, extent_w=22.0, extent_h=18.0).float()
-    torch.testing.assert_close(roi_align(features, rois, 3, 0.5, 0), roi_align(features, rois, 3, 0.5, -1))
+    torch.testing.assert_close(pool(path, features, rois, 3, 0.5, 0), pool(path, features, rois, 3, 0.5, -1))
 
 
-def test_inverted_aligned_rois_pool_to_zero_with_adaptive_sampling() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_inverted_aligned_rois_pool_to_zero_with_adaptive_sampling(path: str) -> None:
     features = torch.randn(1, 2, 5, 5)
     rois = torch.tensor([[0.0, 4.0, 4.0, 1.0, 1.0]])
     # The kernel's grid is ceil(negative) <= 0: no samples, so zeros (and no division by zero).
-    assert torch.equal(roi_align(features, rois, 2, 1.0, -1, True), torch.zeros(1, 2, 2, 2))
+    assert torch.equal(pool(path, features, rois, 2, 1.0, -1, True), torch.zeros(1, 2, 2, 2))
 
 
 @pytest.mark.parametrize("ratio", [2, -1])
@@ -178,42 +202,60 @@ def test_chunking_does_not_change_results(monkeypatch: pytest.MonkeyPatch, ratio
     gen = torch.Generator().manual_seed(3)
     features = torch.randn(2, 3, 10, 12, generator=gen)
     rois = make_rois(gen, 40, 2, extent_w=24.0, extent_h=20.0).float()
-    # Same padding in both calls (the fine one, as in training), so that only the split into chunks differs.
-    monkeypatch.setattr(ROI_ALIGN_MODULE, "_CHUNK_COST_IN_VALUES", 0)
-    whole = roi_align(features, rois, 3, 0.5, ratio)
+    whole = {path: pool(path, features, rois, 3, 0.5, ratio) for path in PATHS}
     monkeypatch.setattr(ROI_ALIGN_MODULE, "_MAX_CHUNK", 3)
     monkeypatch.setattr(ROI_ALIGN_MODULE, "_GATHER_BUDGET", 1)  # forces one RoI per chunk
-    torch.testing.assert_close(roi_align(features, rois, 3, 0.5, ratio), whole, rtol=0, atol=0)
+    monkeypatch.setattr(INFERENCE_MODULE, "_PAIR_BUDGET", 1)  # one RoI's pairs at a time
+    for path in PATHS:
+        torch.testing.assert_close(pool(path, features, rois, 3, 0.5, ratio), whole[path], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("ratio", [2, -1])
-def test_inference_padding_choice_keeps_results(monkeypatch: pytest.MonkeyPatch, ratio: int) -> None:
-    """At inference a level may take the coarse (power-of-two) plan: padding has zero weight, so only the
-    summation order changes; in training (features that need gradients) the fine plan is always used."""
-    gen = torch.Generator().manual_seed(5)
-    features = torch.randn(2, 4, 16, 20, generator=gen)
-    rois = make_rois(gen, 60, 2, extent_w=40.0, extent_h=32.0).float()
-    plans = []
-    real_grouping = ROI_ALIGN_MODULE._grouping
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_and_crop_paths_agree_on_several_levels(ratio: int, dtype: torch.dtype) -> None:
+    """The path taken when no gradient is asked for (inference_mode, no_grad, or maps that need none) gives the
+    crop path's values on a multi-level call, channels-last and NCHW maps, rows no level fills left zero."""
+    gen = torch.Generator().manual_seed(8)
+    maps = [
+        torch.randn(2, 5, 24, 32, generator=gen, dtype=dtype),
+        torch.randn(2, 5, 12, 16, generator=gen, dtype=dtype),
+    ]
+    maps[1] = maps[1].contiguous(memory_format=torch.channels_last)
+    rois = [make_rois(gen, 30, 2, 128.0, 96.0).to(dtype), make_rois(gen, 20, 2, 128.0, 96.0).to(dtype)]
+    rows = len(rois[0]) + len(rois[1]) + 2  # two rows no level fills
+    order = torch.randperm(rows, generator=gen)
+    positions = [order[: len(rois[0])], order[len(rois[0]) : rows - 2]]
+    args = (rois, positions, rows, (3, 4), [0.25, 0.125], ratio, False)
+    with torch.enable_grad():
+        crop = ROI_ALIGN_MODULE.roi_align_levels([m.detach().requires_grad_() for m in maps], *args).detach()
+    tolerance = {"rtol": 0, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-6}
+    for mode in (torch.inference_mode, torch.no_grad, contextlib.nullcontext):
+        with mode():
+            got = ROI_ALIGN_MODULE.roi_align_levels(maps, *args)
+        assert got.shape == crop.shape and got.dtype == dtype
+        torch.testing.assert_close(got, crop, **tolerance)
+    filled = torch.cat(positions)
+    unfilled = torch.ones(rows, dtype=torch.bool)
+    unfilled[filled] = False
+    assert unfilled.any() and torch.equal(got[unfilled], torch.zeros_like(got[unfilled]))
 
-    def spy(*args):
-        plans.append(args[-1] is ROI_ALIGN_MODULE._power_of_two)  # the coarse plan's rounding
-        return real_grouping(*args)
 
-    monkeypatch.setattr(ROI_ALIGN_MODULE, "_grouping", spy)
-    outputs = {}
-    for name, cost in (("fine", 0), ("coarse", 1 << 60)):
-        monkeypatch.setattr(ROI_ALIGN_MODULE, "_CHUNK_COST_IN_VALUES", cost)
-        outputs[name] = roi_align(features, rois, 3, 0.5, ratio)
-    spans = torch.full((8,), 5), torch.arange(3, 11)
-    fine_chunks = ROI_ALIGN_MODULE._grouping([8], *spans, 4, ROI_ALIGN_MODULE._padded)[1]
-    coarse_chunks = ROI_ALIGN_MODULE._grouping([8], *spans, 4, ROI_ALIGN_MODULE._power_of_two)[1]
-    assert len(coarse_chunks) < len(fine_chunks)
-    torch.testing.assert_close(outputs["coarse"], outputs["fine"], rtol=1e-5, atol=1e-6)
-    assert any(plans)
-    plans.clear()
-    roi_align(features.requires_grad_(), rois, 3, 0.5, ratio)
-    assert not any(plans)  # training: no coarse plan considered
+def test_the_inference_path_runs_exactly_when_no_gradient_is_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = INFERENCE_MODULE.pool_levels
+    monkeypatch.setattr(INFERENCE_MODULE, "pool_levels", lambda *args: calls.append(1) or real(*args))
+    features = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[0.0, 1.0, 1.0, 6.0, 5.0]])
+    for mode, needs_grad, expected in (
+        (torch.inference_mode, False, 1),
+        (torch.no_grad, True, 1),
+        (contextlib.nullcontext, False, 1),
+        (contextlib.nullcontext, True, 0),
+    ):
+        calls.clear()
+        with mode():
+            roi_align(features.clone().requires_grad_(needs_grad), rois, 2, 1.0, 2)
+        assert len(calls) == expected, (mode, needs_grad)
 
 
 def test_list_of_boxes_input() -> None:
@@ -253,13 +295,16 @@ def test_gradcheck(aligned: bool, ratio: int) -> None:
     assert torch.autograd.gradcheck(lambda f: roi_align(f, rois, (2, 3), 0.8, ratio, aligned), (features,))
 
 
-def test_bfloat16_runs_and_is_close_to_float32() -> None:
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs_and_is_close_to_float32(path: str, dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(5)
     features = torch.randn(1, 4, 10, 10, generator=gen)
     rois = make_rois(gen, 6, 1, extent_w=20.0, extent_h=20.0).float()
-    low = roi_align(features.bfloat16(), rois, 3, 0.5, 2)
-    assert low.dtype == torch.bfloat16
-    ref = roi_align(features.bfloat16().float(), rois, 3, 0.5, 2)
+    low = pool(path, features.to(dtype), rois, 3, 0.5, 2)
+    assert low.dtype == dtype
+    ref = pool(path, features.to(dtype).float(), rois, 3, 0.5, 2)
+    # The features' own rounding is the only difference: a bf16 result is within 2**-8 of the fp32 one.
     torch.testing.assert_close(low.float(), ref, rtol=1e-2, atol=1e-2)
     features.requires_grad_(True)
     roi_align(features.bfloat16(), rois, 3, 0.5, 2).float().sum().backward()
@@ -269,11 +314,13 @@ def test_bfloat16_runs_and_is_close_to_float32() -> None:
 # --- torchvision goldens ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("ratio", [2, -1, 0])
-def test_roi_align_golden(goldens: dict[str, torch.Tensor], aligned: bool, ratio: int) -> None:
+def test_roi_align_golden(goldens: dict[str, torch.Tensor], aligned: bool, ratio: int, path: str) -> None:
     out_h, out_w = goldens["roi_align/output_size"].tolist()
-    got = roi_align(
+    got = pool(
+        path,
         goldens["roi_align/features"],
         goldens["roi_align/rois"],
         (out_h, out_w),
@@ -290,14 +337,15 @@ def test_crop_sizes_are_padded_by_at_most_a_quarter():
     assert all(s <= padded(s) <= max(s + 1, s * 5 // 4 + 1) for s in range(1, 300))
 
 
-def test_huge_rois_over_the_whole_map_match_the_reference():
+@pytest.mark.parametrize("path", PATHS)
+def test_huge_rois_over_the_whole_map_match_the_reference(path: str):
     # Crops far beyond the chunk budget are pooled alone; adaptive grids of many samples stay exact.
     gen = torch.Generator().manual_seed(5)
     features = torch.randn(1, 3, 40, 50, generator=gen, dtype=torch.float64)
     rois = torch.tensor([[0.0, -30.0, -20.0, 130.0, 90.0], [0.0, 2.0, 3.0, 97.0, 79.0]], dtype=torch.float64)
     for ratio in (2, 0):
         expected = roi_align_reference(features, rois, 5, 5, 0.5, ratio, False)
-        torch.testing.assert_close(roi_align(features, rois, 5, 0.5, ratio), expected)
+        torch.testing.assert_close(pool(path, features, rois, 5, 0.5, ratio), expected)
 
 
 def test_levels_pool_into_one_result_with_the_same_values_and_gradients():

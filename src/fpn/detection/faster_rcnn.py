@@ -36,6 +36,12 @@ class FasterRCNN(PyramidDetector):
     def _networks(self) -> tuple[nn.Module, ...]:
         return (*super()._networks(), self.rpn.head, self.roi_heads.box_head, self.roi_heads.box_predictor)
 
+    def optimize_for_inference(self, dtype: torch.dtype = torch.float32, winograd: bool = True) -> FasterRCNN:
+        """:meth:`PyramidDetector.optimize_for_inference`, and the box head reads the pooled RoIs channels-last."""
+        super().optimize_for_inference(dtype, winograd)
+        self.roi_heads.box_head.take_channels_last(self.roi_heads.pooler.levels[0].channels)
+        return self
+
     def class_layers(self) -> dict[str, ClassRows]:
         """The box predictor's class scores (background first) and class-specific boxes (4 rows per class)."""
         predictor = "roi_heads.box_predictor"

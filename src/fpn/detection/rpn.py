@@ -49,16 +49,20 @@ class RPNHead(nn.Module):
     def flat_outputs(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Every level at once: ``(logits [N, total], deltas [N, total, 4])``, in :func:`flatten_level`'s order.
 
-        The two 1x1 convolutions are one matrix product over all levels' cells (``[N, cells, C] @ [C, 5A]``):
-        for a narrow pyramid at ~320 px, ten small convolutions and their reorderings cost more than the
-        product. The values are the convolutions' up to float rounding.
+        The two 1x1 convolutions are one matrix product per level (``[N, cells, C] @ [C, 5A]``): for a narrow
+        pyramid at ~320 px, ten small convolutions and their reorderings cost more than the products. Only the
+        narrow outputs are concatenated (concatenating the levels' cells first copies every map once more).
+        The values are the convolutions' up to float rounding.
         """
-        hidden = [conv_relu(self.conv, feature) for feature in features]
-        num, channels = hidden[0].shape[:2]
-        # [N, H * W, C] per level: a view for channels-last maps; the concatenation is the one copy.
-        cells = torch.cat([h.permute(0, 2, 3, 1).reshape(num, -1, channels) for h in hidden], dim=1)
         weight = torch.cat([self.cls_logits.weight, self.bbox_pred.weight]).flatten(1)  # [A + 4A, C]
-        outputs = F.linear(cells, weight, torch.cat([self.cls_logits.bias, self.bbox_pred.bias]))
+        bias = torch.cat([self.cls_logits.bias, self.bbox_pred.bias])
+        outputs = []
+        for feature in features:
+            hidden = conv_relu(self.conv, feature)
+            num, channels = hidden.shape[:2]
+            # [N, H * W, C]: a view for channels-last maps.
+            outputs.append(F.linear(hidden.permute(0, 2, 3, 1).reshape(num, -1, channels), weight, bias))
+        outputs = torch.cat(outputs, dim=1)
         anchors = self.cls_logits.out_channels
         return outputs[..., :anchors].reshape(num, -1), outputs[..., anchors:].reshape(num, -1, 4)
 

@@ -1,28 +1,32 @@
 """RoIAlign (He et al., Mask R-CNN) in plain PyTorch, matching torchvision's CPU kernel sample for sample.
 
-Each output bin averages ``grid_h x grid_w`` bilinear samples at regularly spaced points inside it.
-The samples' positions, the bilinear rule at the map border and the averaging count follow
-``torchvision/csrc/ops/cpu/roi_align_kernel.cpp``, so float32 results agree to rounding (~1e-7).
+Each output bin averages ``grid_h x grid_w`` bilinear samples at regularly spaced points inside it; the
+samples' positions, the bilinear rule at the map border and the averaging count are those of
+``torchvision/csrc/ops/cpu/roi_align_kernel.cpp`` (:mod:`fpn.ops.roi_sampling`), so float32 results agree to
+rounding (~1e-7). There are two paths with the same results:
 
-Interpolation and the bin average are separable: per channel, a RoI's output is ``Ay @ crop @ Ax^T``,
-where ``crop`` is the patch of the map its samples touch and ``Ay [out_h, crop_h]``, ``Ax [out_w, crop_w]``
-hold every sample's bilinear weights along one axis (built from per-axis taps, ``[R, out, grid]``). So
-each map pixel of the crop is read once, with all channels, from a ``[N * H * W, C]`` view of the
-features, instead of once per sample corner (784 reads for a 7x7 output with 2x2 samples, against a
-crop of typically 16x16 for RoIs on their FPN level), and the weighting is two batched matrix products.
-RoIs are grouped by padded crop size so that one chunk is one gather; at inference a level may take a
-coarser padding (powers of two) when the chunks it saves cost more than the pixels it adds (:func:`_cost`).
-The backward pass is written by hand (:class:`_PoolCrops`), as torchvision's kernel is: the transposed
-products, then a scatter-add of each chunk into one gradient map per level, so that neither pass holds more
-than one chunk of crops.
+- when nothing needs a gradient (inference), every bin is one weighted sum of map rows, one embedding-bag
+  kernel per level (:mod:`fpn.ops.roi_align_inference`);
+- otherwise the crop path of this module, which has a backward. Interpolation and the bin average are
+  separable: per channel, a RoI's output is ``Ay @ crop @ Ax^T``, where ``crop`` is the patch of the map its
+  samples touch and ``Ay [out_h, crop_h]``, ``Ax [out_w, crop_w]`` hold every sample's bilinear weights along
+  one axis (built from per-axis taps, ``[R, out, grid]``). So each map pixel of the crop is read once, with
+  all channels, from a ``[N * H * W, C]`` view of the features, and the weighting is two batched matrix
+  products. RoIs are grouped by padded crop size so that one chunk is one gather. The backward pass is
+  written by hand (:class:`_PoolCrops`), as torchvision's kernel is: the transposed products, then a
+  scatter-add of each chunk into one gradient map per level, so that neither pass holds more than one chunk
+  of crops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from fpn.ops import roi_align_inference
+from fpn.ops.roi_sampling import axis_samples, roi_geometry
 
 __all__ = ["boxes_to_rois", "roi_align", "roi_align_levels"]
 
@@ -125,6 +129,9 @@ def roi_align_levels(
     pooling (each as large as the result, 51 MB for 1000 RoIs of 256 x 7 x 7). The per-RoI work (sampling
     taps, crop sizes, the plan) runs once over every level's RoIs together: each call has a fixed cost that
     a handful of levels would otherwise pay each (most of the pooling time for 150 RoIs).
+
+    When nothing needs a gradient, :func:`fpn.ops.roi_align_inference.pool_levels` computes it (the same
+    values to rounding, as a channels-last view); otherwise the crop path, which has a backward.
     """
     out_h, out_w = output_size
     first = maps[0]
@@ -134,6 +141,10 @@ def roi_align_levels(
         # Keep the result attached to the graph so that a loss over zero RoIs still backpropagates (zeros).
         zeros = first.new_zeros(num_rois, first.shape[1], out_h, out_w)
         return zeros + sum(m.flatten()[:0].sum() for m in maps)
+    if roi_align_inference.supports(maps):
+        return roi_align_inference.pool_levels(
+            maps, rois, positions, num_rois, output_size, spatial_scales, sampling_ratio, aligned
+        )
     maps = [maps[i] for i in present]
     jobs = _jobs(
         maps,
@@ -171,7 +182,7 @@ def _jobs(
     heights = per_roi([m.shape[2] for m in maps], torch.int64)
     widths = per_roi([m.shape[3] for m in maps], torch.int64)
     scales = per_roi(list(spatial_scales), coord_dtype)
-    geometry = _roi_geometry(all_rois, out_h, out_w, scales, sampling_ratio, aligned)
+    geometry = roi_geometry(all_rois, out_h, out_w, scales, sampling_ratio, aligned)
     # Samples per bin are padded to the largest grid (extra samples get zero weight): the taps are small
     # [K, out, grid] tensors, so one layout for every RoI costs nothing and needs no grouping by grid.
     max_grid_h = max(int(geometry.grid_h.max()), 1)
@@ -180,9 +191,7 @@ def _jobs(
     taps_x = _axis_taps(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, max_grid_w, widths, coord_dtype)
     base = all_rois[:, 0].long() * (heights * widths)  # the RoI's image's first row in its map's table
 
-    # Inference: a level may take fewer, more padded chunks where the saved per-chunk costs outweigh the pixels.
-    coarse = not any(m.requires_grad for m in maps)
-    order, chunks = _plan(counts.tolist(), taps_y.span.cpu(), taps_x.span.cpu(), maps[0].shape[1], coarse)
+    order, chunks = _grouping(counts.tolist(), taps_y.span.cpu(), taps_x.span.cpu(), maps[0].shape[1])
     # Every per-RoI tensor in plan order once; per map, the weight matrices and crop rows and columns at its
     # largest crop, so that a chunk takes slices (views) of them instead of building its own.
     order = order.to(device)
@@ -257,43 +266,6 @@ class _PoolCrops(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-class _Geometry:
-    """Per-RoI sampling layout: start corner, bin size and samples per bin along each axis (all ``[K]``)."""
-
-    def __init__(
-        self, start_y: Tensor, start_x: Tensor, bin_h: Tensor, bin_w: Tensor, grid_h: Tensor, grid_w: Tensor
-    ) -> None:
-        self.start_y, self.start_x = start_y, start_x
-        self.bin_h, self.bin_w = bin_h, bin_w
-        self.grid_h, self.grid_w = grid_h, grid_w
-
-
-def _roi_geometry(
-    rois: Tensor, out_h: int, out_w: int, spatial_scale: float | Tensor, sampling_ratio: int, aligned: bool
-) -> _Geometry:
-    offset = 0.5 if aligned else 0.0
-    start_x = rois[:, 1] * spatial_scale - offset
-    start_y = rois[:, 2] * spatial_scale - offset
-    end_x = rois[:, 3] * spatial_scale - offset
-    end_y = rois[:, 4] * spatial_scale - offset
-    roi_w = end_x - start_x
-    roi_h = end_y - start_y
-    if not aligned:
-        # The legacy (Detectron) behaviour: malformed or tiny RoIs are forced to 1x1 feature pixels.
-        roi_w = roi_w.clamp(min=1.0)
-        roi_h = roi_h.clamp(min=1.0)
-    bin_h = roi_h / out_h
-    bin_w = roi_w / out_w
-    if sampling_ratio > 0:
-        grid_h = torch.full_like(bin_h, sampling_ratio, dtype=torch.int64)
-        grid_w = torch.full_like(bin_w, sampling_ratio, dtype=torch.int64)
-    else:
-        # ceil(roi / out) as the kernel does; an inverted aligned RoI gets a grid <= 0, hence no samples.
-        grid_h = torch.ceil(bin_h).nan_to_num(0.0).long()
-        grid_w = torch.ceil(bin_w).nan_to_num(0.0).long()
-    return _Geometry(start_y, start_x, bin_h, bin_w, grid_h, grid_w)
-
-
 class _Taps:
     """Bilinear taps of every (RoI, bin, sample) along one axis, relative to the RoI's crop of the map.
 
@@ -327,33 +299,13 @@ def _axis_taps(
 ) -> _Taps:
     """The taps along one axis (see :class:`_Taps`), for maps of ``size [K]`` (int64) pixels along it (per RoI).
 
-    Samples beyond a RoI's own ``grid`` (an empty grid is planned as one sample) and samples outside
-    ``[-1, size]`` get zero weights, as the kernel skips them; they are also kept out of the crop.
+    Dead samples (:func:`~fpn.ops.roi_sampling.axis_samples`) get zero weights and are kept out of the crop.
     """
-    device = start.device
-    bins = torch.arange(out, device=device, dtype=dtype)[None, :, None]
-    steps = torch.arange(num_samples, device=device, dtype=dtype)[None, None, :] + 0.5
-    grid_f = grid.clamp(min=1).to(dtype)[:, None, None]
-    bin_size = bin_size[:, None, None]
-    size = size[:, None, None]
-    # Same association as the kernel: start + bin * size + ((i + 0.5) * size) / grid.
-    coord = start[:, None, None] + bins * bin_size + steps * bin_size / grid_f
-
-    in_grid = torch.arange(num_samples, device=device)[None, None, :] < grid[:, None, None]
-    # Written as "inside" so that nan coordinates count as outside, as in the kernel.
-    inside = (coord >= -1.0) & (coord <= size) & in_grid
-    coord = torch.where(inside, coord, torch.zeros((), dtype=dtype, device=device)).clamp(min=0.0)
-    low = coord.long()
-    at_edge = low >= size - 1
-    low = torch.where(at_edge, size - 1, low)
-    high = torch.where(at_edge, low, low + 1)
-    coord = torch.where(at_edge, low.to(dtype), coord)
-    frac = coord - low.to(dtype)
-    mask = inside.to(dtype) / grid_f
-
+    samples = axis_samples(start, bin_size, grid, out, num_samples, size, dtype)
+    inside, low, high = samples.inside, samples.low, samples.high
     # The crop: from the lowest to the highest pixel any live sample touches (one pixel if none does).
     any_inside = inside.flatten(1).any(dim=1)
-    first = torch.where(inside, low, size).flatten(1).amin(dim=1)
+    first = torch.where(inside, low, size[:, None, None]).flatten(1).amin(dim=1)
     last = torch.where(inside, high, -1).flatten(1).amax(dim=1)
     first = torch.where(any_inside, first, 0)
     span = torch.where(any_inside, last - first + 1, 1)
@@ -361,7 +313,7 @@ def _axis_taps(
     # Dead samples point at the crop's first pixel with weight 0, so every index stays inside the crop.
     low = torch.where(inside, low - offset, 0)
     high = torch.where(inside, high - offset, 0)
-    return _Taps(first, span, low, high, (1.0 - frac) * mask, frac * mask)
+    return _Taps(first, span, low, high, samples.w_low, samples.w_high)
 
 
 def _padded(span: int) -> int:
@@ -371,57 +323,18 @@ def _padded(span: int) -> int:
     return -(-span // step) * step
 
 
-def _power_of_two(span: int) -> int:
-    """A coarser rounding (at most 2x per axis): far fewer chunks, more padded pixels."""
-    return 1 << (span - 1).bit_length()
-
-
-# One chunk's fixed cost (planning its index tensors, the gather and product calls) in gathered values, from
-# two fits on the 2-core Intel Xeon of benchmarks/ (roi_grouping_2026-12-03.md): ~0.17 ms per chunk against
-# ~2 ns per value. It decides between _padded and _power_of_two at inference only.
-_CHUNK_COST_IN_VALUES = 85_000
-
-
-def _cost(chunks: list[tuple[int, int, int, int, int]], channels: int) -> int:
-    """Estimated cost of a plan's chunks, in gathered values."""
-    return sum(_CHUNK_COST_IN_VALUES + (stop - start) * h * w * channels for _, start, stop, h, w in chunks)
-
-
-def _plan(
-    counts: list[int], span_h: Tensor, span_w: Tensor, channels: int, coarse: bool = False
+def _grouping(
+    counts: list[int], span_h: Tensor, span_w: Tensor, channels: int
 ) -> tuple[Tensor, list[tuple[int, int, int, int, int]]]:
     """Processing order (``[K]``, on the CPU) of RoIs that come map by map (``counts[i]`` from map ``i``) and the
     chunks ``(map, start, stop, crop_h, crop_w)`` of that order.
 
-    Crop sizes are rounded by :func:`_padded`; with ``coarse`` (inference), a map takes :func:`_power_of_two`'s
-    rounding instead where :func:`_cost` estimates it cheaper.
-    """
-    order, chunks = _grouping(counts, span_h, span_w, channels, _padded)
-    if not coarse:
-        return order, chunks
-    coarse_order, coarse_chunks = _grouping(counts, span_h, span_w, channels, _power_of_two)
-    # The map is the first sort key, so a map's RoIs fill the same stretch of both orders: pick per map.
-    parts, chosen, start = [], [], 0
-    for level, count in enumerate(counts):
-        fine = [chunk for chunk in chunks if chunk[0] == level]
-        rough = [chunk for chunk in coarse_chunks if chunk[0] == level]
-        take_rough = _cost(rough, channels) < _cost(fine, channels)
-        parts.append((coarse_order if take_rough else order)[start : start + count])
-        chosen += rough if take_rough else fine
-        start += count
-    return torch.cat(parts), chosen
-
-
-def _grouping(
-    counts: list[int], span_h: Tensor, span_w: Tensor, channels: int, padded: Callable[[int], int]
-) -> tuple[Tensor, list[tuple[int, int, int, int, int]]]:
-    """One rounding's order and chunks (see :func:`_plan`).
-
-    RoIs of the same map and padded crop size are adjacent and share a chunk of at most ``_MAX_CHUNK`` RoIs and,
-    where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop is processed alone, whatever it costs).
+    Crop sizes are rounded by :func:`_padded`; RoIs of the same map and padded crop size are adjacent and share a
+    chunk of at most ``_MAX_CHUNK`` RoIs and, where possible, ``_GATHER_BUDGET`` gathered elements (a huge crop
+    is processed alone, whatever it costs).
     The loop runs over distinct (map, crop size) pairs, not over RoIs.
     """
-    padded_h, padded_w = _rounded(span_h, padded), _rounded(span_w, padded)
+    padded_h, padded_w = _rounded(span_h), _rounded(span_w)
     high, wide = int(padded_h.max()) + 1, int(padded_w.max()) + 1
     level = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
     key = (level * high + padded_h) * wide + padded_w
@@ -439,10 +352,10 @@ def _grouping(
     return order, chunks
 
 
-def _rounded(spans: Tensor, padded: Callable[[int], int]) -> Tensor:
-    """``padded`` of every span (int64, CPU), computed once per distinct value."""
+def _rounded(spans: Tensor) -> Tensor:
+    """:func:`_padded` of every span (int64, CPU), computed once per distinct value."""
     values, inverse = torch.unique(spans, return_inverse=True)
-    return torch.tensor([padded(v) for v in values.tolist()], dtype=torch.int64)[inverse]
+    return torch.tensor([_padded(v) for v in values.tolist()], dtype=torch.int64)[inverse]
 
 
 def _crop_rows_cols(

@@ -1,0 +1,109 @@
+"""RoIAlign when nothing needs a gradient: each output bin is one weighted sum of map rows.
+
+A bin of a RoI is a weighted sum of the map pixels its samples touch: per sample, 2 pixels along each axis
+(:mod:`fpn.ops.roi_sampling`), so ``(2 * grid_h) x (2 * grid_w)`` (pixel, weight) pairs per bin, 16 at the
+usual 2x2 samples. With the map as a table of rows ``[N * H * W, C]`` (a view of channels-last features), the
+whole pooling is one ``F.embedding_bag(mode="sum", per_sample_weights=...)`` per level: a weighted gather-sum
+that PyTorch runs as one kernel over every bin, reading the map rows straight from the table. Unlike the crop
+path (:mod:`fpn.ops.roi_align`) there is no grouping by crop size, no per-group products and nothing
+materialised but the pairs, which is what a forward pass of a few hundred RoIs spends most of its time on.
+
+It has no backward of its own (training takes the crop path, whose backward is written by hand). The sums run
+in the features' dtype: float32 and float64 results equal the crop path's to rounding; bfloat16 and float16
+features get weights of their own precision (the crop path keeps its weights in float32), a difference below
+the features' own rounding (measured in the tests and in benchmarks/bf16_accuracy.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fpn.ops.roi_sampling import AxisSamples, axis_samples, roi_geometry
+
+__all__ = ["pool_levels", "supports"]
+
+# At most this many (pixel, weight) pairs are built at once (16 bytes each with the int64 pixel index): 1000 RoIs
+# of 7x7 bins with 2x2 samples take 784k; adaptive sampling on huge RoIs can take far more.
+_PAIR_BUDGET = 1 << 22
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def supports(maps: Sequence[Tensor]) -> bool:
+    """Whether :func:`pool_levels` applies: no gradient is asked for and the dtype has an embedding-bag kernel."""
+    needs_grad = torch.is_grad_enabled() and any(m.requires_grad for m in maps)
+    return not needs_grad and all(m.dtype in _DTYPES for m in maps)
+
+
+def pool_levels(
+    maps: Sequence[Tensor],
+    rois: Sequence[Tensor],
+    positions: Sequence[Tensor],
+    num_rois: int,
+    output_size: tuple[int, int],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """:func:`~fpn.ops.roi_align.roi_align_levels`' result ``[num_rois, C, out_h, out_w]``, without a backward.
+
+    ``rois[i]`` (``[Ki, 5]``, valid batch indices) are pooled from ``maps[i]`` at ``spatial_scales[i]`` into the
+    result's rows ``positions[i]``; rows no level fills stay zero. The result is a channels-last view (each bin's
+    channels adjacent, as the gather writes them) of shape ``[num_rois, C, out_h, out_w]``.
+    """
+    out_h, out_w = output_size
+    first = maps[0]
+    channels, device = first.shape[1], first.device
+    coord_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+    pooled = first.new_zeros(num_rois, out_h, out_w, channels)
+    present = [i for i, level_rois in enumerate(rois) if level_rois.shape[0] > 0]
+    if not present:
+        return pooled.permute(0, 3, 1, 2)
+    counts = [rois[i].shape[0] for i in present]
+    repeats = torch.tensor(counts, device=device)
+    all_rois = torch.cat([rois[i] for i in present]).to(coord_dtype)
+    # The per-RoI work runs once over every level's RoIs: each call has a fixed cost a level would pay again.
+    heights = torch.tensor([maps[i].shape[2] for i in present], device=device).repeat_interleave(repeats)
+    widths = torch.tensor([maps[i].shape[3] for i in present], device=device).repeat_interleave(repeats)
+    scales = torch.tensor([spatial_scales[i] for i in present], dtype=coord_dtype, device=device)
+    geometry = roi_geometry(all_rois, out_h, out_w, scales.repeat_interleave(repeats), sampling_ratio, aligned)
+    grid_h = sampling_ratio if sampling_ratio > 0 else max(int(geometry.grid_h.max()), 1)
+    grid_w = sampling_ratio if sampling_ratio > 0 else max(int(geometry.grid_w.max()), 1)
+    along_y = axis_samples(geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, grid_h, heights, coord_dtype)
+    along_x = axis_samples(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, grid_w, widths, coord_dtype)
+    # Table rows: the image's first row, plus y * width along y and x along x ([K, out, 2 * grid] each).
+    base = all_rois[:, 0].long() * (heights * widths)
+    rows_y = _pixels(along_y).mul_(widths[:, None, None]).add_(base[:, None, None])
+    rows_x, weights_y, weights_x = _pixels(along_x), _weights(along_y), _weights(along_x)
+    per_bin = rows_y.shape[2] * rows_x.shape[2]
+    per_roi = out_h * out_w * per_bin
+    step = max(1, _PAIR_BUDGET // per_roi)
+    positions = torch.cat([positions[i] for i in present])
+    start = 0
+    for index, count in zip(present, counts):
+        table = maps[index].permute(0, 2, 3, 1).reshape(-1, channels)  # a view for channels-last maps
+        for low in range(start, start + count, step):
+            high = min(low + step, start + count)
+            # [R, out_h, out_w, 2 * grid_h, 2 * grid_w]: every bin's pairs, y-major as the weights are.
+            pixels = rows_y[low:high, :, None, :, None] + rows_x[low:high, None, :, None, :]
+            weights = weights_y[low:high, :, None, :, None] * weights_x[low:high, None, :, None, :]
+            offsets = torch.arange(0, pixels.numel(), per_bin, device=device)
+            bins = F.embedding_bag(
+                pixels.view(-1), table, offsets, mode="sum", per_sample_weights=weights.view(-1).to(table.dtype)
+            )
+            pooled.index_copy_(0, positions[low:high], bins.view(high - low, out_h, out_w, channels))
+        start += count
+    return pooled.permute(0, 3, 1, 2)
+
+
+def _pixels(samples: AxisSamples) -> Tensor:
+    """``[K, out, 2 * samples]``: the low then the high pixel of every sample."""
+    return torch.cat([samples.low, samples.high], dim=2)
+
+
+def _weights(samples: AxisSamples) -> Tensor:
+    return torch.cat([samples.w_low, samples.w_high], dim=2)
