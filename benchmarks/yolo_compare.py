@@ -142,6 +142,11 @@ def alternating_latency(args, seed: int, data: Path, env: dict) -> dict[str, dic
     return {name: {"ms_per_image": statistics.median(values), "rounds_ms": values} for name, values in rounds.items()}
 
 
+def paired_ratios(ours: list[float], theirs: list[float]) -> list[float]:
+    """Round ``i`` of one side over round ``i`` of the other (rounds alternate, so each pair ran seconds apart)."""
+    return [a / b for a, b in zip(ours, theirs, strict=True)]
+
+
 def cell(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
@@ -229,6 +234,15 @@ def main() -> None:
     lines += ["", f"AP ratio fpn / YOLOv8n: {ratio:.2f}x (goal 1.3x); latency {latency['fpn']:.1f} ms vs "
               f"{latency['yolov8n']:.1f} ms (goal: no more); in bf16 {latency['fpn-bf16']:.1f} ms at AP "
               f"{means['fpn-bf16']['AP']:.1f}."]  # fmt: skip
+    # Each fpn round and the YOLOv8n round that follows it ran seconds apart: their ratio is the drift-free figure.
+    for name in ("fpn", "fpn-bf16"):
+        paired = [
+            paired_ratios(r["latency_rounds_ms"], y["latency_rounds_ms"]) for r, y in zip(runs[name], runs["yolov8n"])
+        ]
+        record[f"{name}_over_yolov8n_per_round"] = paired
+        cells = ", ".join(f"seed {seed}: {statistics.median(p):.3f} ({min(p):.2f}-{max(p):.2f}), faster in "
+                          f"{sum(v < 1 for v in p)}/{len(p)}" for seed, p in zip(seeds, paired))  # fmt: skip
+        lines.append(f"{name} / YOLOv8n latency, round by round (median (range)): {cells}.")
     write_record(args.out_dir, "yolo", lines, record)
 
 
