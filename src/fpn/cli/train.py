@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             line = f"fpn: interrupted at iteration {stopped.iteration}; resume with: {stopped.resume_command()}"
             print(line, file=sys.stderr)
-        return 130
+        return stopped.exit_status
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the iterations
         if not (info.is_main and (out / "last.pt").is_file()):
             raise

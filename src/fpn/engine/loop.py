@@ -269,7 +269,7 @@ class Loop:
         """Stop on a signal: checkpoint the iteration just done (unless that is written), then raise."""
         if state.checkpoint_iteration != state.iteration:
             self.checkpoint(state, run_dir)
-        raise TrainingInterrupted(run_dir, state.iteration, self.info.world_size)
+        raise TrainingInterrupted(run_dir, state.iteration, self.info.world_size, self.stop.signal)
 
     def checkpoint(self, state: RunState, run_dir: Path, *, plot: bool = False) -> None:
         """Write ``last.pt`` (main process) with everything a resumed run needs."""

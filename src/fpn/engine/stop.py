@@ -27,11 +27,17 @@ class TrainingInterrupted(KeyboardInterrupt):
     A ``KeyboardInterrupt``, so that code which stops on Ctrl-C keeps doing so.
     """
 
-    def __init__(self, run_dir: Path, iteration: int, world_size: int = 1) -> None:
+    def __init__(self, run_dir: Path, iteration: int, world_size: int = 1, signum: int | None = None) -> None:
         super().__init__(f"interrupted at iteration {iteration}; {run_dir / 'last.pt'} holds it")
         self.run_dir = run_dir
         self.iteration = iteration
         self.world_size = world_size
+        self.signum = signum  # None on a process that stopped because another one was signalled
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def resume_command(self) -> str:
         return resume_command(self.run_dir, self.world_size)
