@@ -55,7 +55,8 @@ class AxisSamples:
     """Every (RoI, bin, sample) along one axis, all ``[K, out, samples]``: the two map pixels ``low``/``high``
     a sample interpolates between and their weights ``w_low``/``w_high``, already divided by the RoI's sample
     count along this axis (so the product of the two axes' weights carries the kernel's ``1 / count``);
-    ``inside``: whether the sample counts (dead samples have zero weights and point at pixel 0)."""
+    ``inside``: whether the sample counts (a dead sample has zero weights; its coordinate is taken as 0, so its
+    pixels are the map's first two, valid indices whatever the RoI)."""
 
     def __init__(self, low: Tensor, high: Tensor, w_low: Tensor, w_high: Tensor, inside: Tensor) -> None:
         self.low, self.high, self.w_low, self.w_high, self.inside = low, high, w_low, w_high, inside
@@ -89,5 +90,4 @@ def axis_samples(
     coord = torch.where(at_edge, low.to(dtype), coord)
     frac = coord - low.to(dtype)
     mask = inside.to(dtype) / grid_f
-    low, high = torch.where(inside, low, 0), torch.where(inside, high, 0)
     return AxisSamples(low, high, (1.0 - frac) * mask, frac * mask, inside)
