@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Command: `{command}`  ",
         f"CPU: {info['cpu']}; torch {info['torch']} (reference venv), {args.threads} threads; batch 1, fp32.  ",
-        f"Load before: `{info['uptime_before']}`; after: `{info['uptime_after']}`. The machine (2 cores) was shared "
-        "with other engineers' test runs: expect noise; the rounds are interleaved so drift hits every model alike.",
+        f"Load before: `{info['uptime_before']}`; after: `{info['uptime_after']}` (2 cores: a load above 2 means other "
+        "work shared them). The rounds are interleaved, so drift over the run hits every model alike.",
         "",
         "| preset, runtime | median ms/image | best ms/image | vs torchvision (median) |",
         "| --- | ---: | ---: | ---: |",
