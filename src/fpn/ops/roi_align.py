@@ -20,13 +20,14 @@ rounding (~1e-7). There are two paths with the same results:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from fpn.ops import roi_align_inference
-from fpn.ops.roi_sampling import axis_samples, roi_geometry
+from fpn.ops.roi_sampling import AxisSamples, LevelRoIs
 
 __all__ = ["boxes_to_rois", "roi_align", "roi_align_levels"]
 
@@ -170,35 +171,20 @@ def _jobs(
     aligned: bool,
 ) -> list[list[_Chunk]]:
     """Per map, the chunks that pool its ``rois`` (``positions``: every RoI's output row, maps in order)."""
-    out_h, out_w = output_size
     device = positions.device
-    counts = torch.tensor([r.shape[0] for r in rois], device=device)
-    all_rois = torch.cat(list(rois))
-    coord_dtype = all_rois.dtype
+    level_rois = LevelRoIs(maps, rois, spatial_scales, output_size, sampling_ratio, aligned)
+    taps_y, taps_x = _axis_taps(level_rois.samples_y()), _axis_taps(level_rois.samples_x())
+    base = level_rois.base  # the RoI's image's first row in its map's table
+    counts = level_rois.counts
 
-    def per_roi(values: list, dtype: torch.dtype) -> Tensor:
-        return torch.tensor(values, dtype=dtype, device=device).repeat_interleave(counts)
-
-    heights = per_roi([m.shape[2] for m in maps], torch.int64)
-    widths = per_roi([m.shape[3] for m in maps], torch.int64)
-    scales = per_roi(list(spatial_scales), coord_dtype)
-    geometry = roi_geometry(all_rois, out_h, out_w, scales, sampling_ratio, aligned)
-    # Samples per bin are padded to the largest grid (extra samples get zero weight): the taps are small
-    # [K, out, grid] tensors, so one layout for every RoI costs nothing and needs no grouping by grid.
-    max_grid_h = max(int(geometry.grid_h.max()), 1)
-    max_grid_w = max(int(geometry.grid_w.max()), 1)
-    taps_y = _axis_taps(geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, max_grid_h, heights, coord_dtype)
-    taps_x = _axis_taps(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, max_grid_w, widths, coord_dtype)
-    base = all_rois[:, 0].long() * (heights * widths)  # the RoI's image's first row in its map's table
-
-    order, chunks = _grouping(counts.tolist(), taps_y.span.cpu(), taps_x.span.cpu(), maps[0].shape[1])
+    order, chunks = _grouping(counts, taps_y.span.cpu(), taps_x.span.cpu(), maps[0].shape[1])
     # Every per-RoI tensor in plan order once; per map, the weight matrices and crop rows and columns at its
     # largest crop, so that a chunk takes slices (views) of them instead of building its own.
     order = order.to(device)
     taps_y, taps_x = taps_y.select(order), taps_x.select(order)
     base, positions = base[order], positions[order]
     jobs: list[list[_Chunk]] = [[] for _ in maps]
-    level_starts = [0, *counts.cumsum(0).tolist()]
+    level_starts = [0, *itertools.accumulate(counts)]
     for level, features in enumerate(maps):
         level_chunks = [chunk for chunk in chunks if chunk[0] == level]
         low, high = level_starts[level], level_starts[level + 1]
@@ -294,18 +280,15 @@ class _Taps:
         return weights.scatter_add_(2, self.high, self.w_high)
 
 
-def _axis_taps(
-    start: Tensor, bin_size: Tensor, grid: Tensor, out: int, num_samples: int, size: Tensor, dtype: torch.dtype
-) -> _Taps:
-    """The taps along one axis (see :class:`_Taps`), for maps of ``size [K]`` (int64) pixels along it (per RoI).
+def _axis_taps(samples: AxisSamples) -> _Taps:
+    """The taps along one axis (see :class:`_Taps`) of the samples of every RoI.
 
     Dead samples (:func:`~fpn.ops.roi_sampling.axis_samples`) get zero weights and are kept out of the crop.
     """
-    samples = axis_samples(start, bin_size, grid, out, num_samples, size, dtype)
     inside, low, high = samples.inside, samples.low, samples.high
     # The crop: from the lowest to the highest pixel any live sample touches (one pixel if none does).
     any_inside = inside.flatten(1).any(dim=1)
-    first = torch.where(inside, low, size[:, None, None]).flatten(1).amin(dim=1)
+    first = torch.where(inside, low, torch.iinfo(low.dtype).max).flatten(1).amin(dim=1)
     last = torch.where(inside, high, -1).flatten(1).amax(dim=1)
     first = torch.where(any_inside, first, 0)
     span = torch.where(any_inside, last - first + 1, 1)

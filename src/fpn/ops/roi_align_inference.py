@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fpn.ops.roi_sampling import AxisSamples, axis_samples, roi_geometry
+from fpn.ops.roi_sampling import AxisSamples, LevelRoIs
 
 __all__ = ["pool_levels", "supports"]
 
@@ -60,31 +60,27 @@ def pool_levels(
     channels, device = first.shape[1], first.device
     coord_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     pooled = first.new_zeros(num_rois, out_h, out_w, channels)
-    present = [i for i, level_rois in enumerate(rois) if level_rois.shape[0] > 0]
+    present = [i for i, r in enumerate(rois) if r.shape[0] > 0]
     if not present:
         return pooled.permute(0, 3, 1, 2)
-    counts = [rois[i].shape[0] for i in present]
-    repeats = torch.tensor(counts, device=device)
-    all_rois = torch.cat([rois[i] for i in present]).to(coord_dtype)
-    # The per-RoI work runs once over every level's RoIs: each call has a fixed cost a level would pay again.
-    heights = torch.tensor([maps[i].shape[2] for i in present], device=device).repeat_interleave(repeats)
-    widths = torch.tensor([maps[i].shape[3] for i in present], device=device).repeat_interleave(repeats)
-    scales = torch.tensor([spatial_scales[i] for i in present], dtype=coord_dtype, device=device)
-    geometry = roi_geometry(all_rois, out_h, out_w, scales.repeat_interleave(repeats), sampling_ratio, aligned)
-    grid_h = sampling_ratio if sampling_ratio > 0 else max(int(geometry.grid_h.max()), 1)
-    grid_w = sampling_ratio if sampling_ratio > 0 else max(int(geometry.grid_w.max()), 1)
-    along_y = axis_samples(geometry.start_y, geometry.bin_h, geometry.grid_h, out_h, grid_h, heights, coord_dtype)
-    along_x = axis_samples(geometry.start_x, geometry.bin_w, geometry.grid_w, out_w, grid_w, widths, coord_dtype)
+    level_rois = LevelRoIs(
+        [maps[i] for i in present],
+        [rois[i].to(coord_dtype) for i in present],
+        [spatial_scales[i] for i in present],
+        output_size,
+        sampling_ratio,
+        aligned,
+    )  # the per-RoI work runs once over every level's RoIs: each call has a fixed cost a level would pay again
+    along_y, along_x = level_rois.samples_y(), level_rois.samples_x()
     # Table rows: the image's first row, plus y * width along y and x along x ([K, out, 2 * grid] each).
-    base = all_rois[:, 0].long() * (heights * widths)
-    rows_y = _pixels(along_y).mul_(widths[:, None, None]).add_(base[:, None, None])
+    rows_y = _pixels(along_y).mul_(level_rois.widths[:, None, None]).add_(level_rois.base[:, None, None])
     rows_x, weights_y, weights_x = _pixels(along_x), _weights(along_y), _weights(along_x)
     per_bin = rows_y.shape[2] * rows_x.shape[2]
     per_roi = out_h * out_w * per_bin
     step = max(1, _PAIR_BUDGET // per_roi)
     positions = torch.cat([positions[i] for i in present])
     start = 0
-    for index, count in zip(present, counts):
+    for index, count in zip(present, level_rois.counts):
         table = maps[index].permute(0, 2, 3, 1).reshape(-1, channels)  # a view for channels-last maps
         for low in range(start, start + count, step):
             high = min(low + step, start + count)

@@ -9,6 +9,8 @@ outside the map along either axis has weight zero along that axis.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -91,3 +93,49 @@ def axis_samples(
     frac = coord - low.to(dtype)
     mask = inside.to(dtype) / grid_f
     return AxisSamples(low, high, (1.0 - frac) * mask, frac * mask, inside)
+
+
+class LevelRoIs:
+    """The RoIs of several maps taken together, map by map (``rois[i]`` ``[Ki, 5]`` sampled on ``maps[i]`` at
+    ``spatial_scales[i]``): one set of per-RoI tensors, so that the per-RoI work runs once for every level.
+
+    ``rois [K, 5]`` (their dtype is the coordinates'), ``counts`` (``Ki``), per RoI the map's ``heights`` and
+    ``widths`` (int64 ``[K]``) and ``base`` (the table row of its image's first pixel, in a ``[N * H * W, C]``
+    table of its map), their :class:`Geometry`, and the largest grid along each axis (``sampling_ratio`` when
+    fixed): every RoI is laid out with that many samples, the extra ones dead.
+    """
+
+    def __init__(
+        self,
+        maps: Sequence[Tensor],
+        rois: Sequence[Tensor],
+        spatial_scales: Sequence[float],
+        output_size: tuple[int, int],
+        sampling_ratio: int,
+        aligned: bool,
+    ) -> None:
+        device = maps[0].device
+        self.counts = [r.shape[0] for r in rois]
+        repeats = torch.tensor(self.counts, device=device)
+        self.rois = torch.cat(list(rois))
+        self.output_size = output_size
+        self.heights = torch.tensor([m.shape[2] for m in maps], device=device).repeat_interleave(repeats)
+        self.widths = torch.tensor([m.shape[3] for m in maps], device=device).repeat_interleave(repeats)
+        scales = torch.tensor(list(spatial_scales), dtype=self.rois.dtype, device=device).repeat_interleave(repeats)
+        self.geometry = roi_geometry(self.rois, *output_size, scales, sampling_ratio, aligned)
+        fixed = sampling_ratio > 0  # no need to read the grids back (a device sync on a GPU)
+        self.grid_h = sampling_ratio if fixed else max(int(self.geometry.grid_h.max()), 1)
+        self.grid_w = sampling_ratio if fixed else max(int(self.geometry.grid_w.max()), 1)
+        self.base = self.rois[:, 0].long() * (self.heights * self.widths)
+
+    def samples_y(self) -> AxisSamples:
+        g = self.geometry
+        return axis_samples(
+            g.start_y, g.bin_h, g.grid_h, self.output_size[0], self.grid_h, self.heights, self.rois.dtype
+        )
+
+    def samples_x(self) -> AxisSamples:
+        g = self.geometry
+        return axis_samples(
+            g.start_x, g.bin_w, g.grid_w, self.output_size[1], self.grid_w, self.widths, self.rois.dtype
+        )
