@@ -142,37 +142,28 @@ def roi_align_levels(
         # Keep the result attached to the graph so that a loss over zero RoIs still backpropagates (zeros).
         zeros = first.new_zeros(num_rois, first.shape[1], out_h, out_w)
         return zeros + sum(m.flatten()[:0].sum() for m in maps)
-    if roi_align_inference.supports(maps):
-        return roi_align_inference.pool_levels(
-            maps, rois, positions, num_rois, output_size, spatial_scales, sampling_ratio, aligned
-        )
+    inference = roi_align_inference.supports(maps)
     maps = [maps[i] for i in present]
-    jobs = _jobs(
+    level_rois = LevelRoIs(
         maps,
         [rois[i].to(coord_dtype) for i in present],
-        torch.cat([positions[i] for i in present]),
-        output_size,
         [spatial_scales[i] for i in present],
+        output_size,
         sampling_ratio,
         aligned,
     )
+    positions = torch.cat([positions[i] for i in present])
+    if inference:
+        return roi_align_inference.pool_levels(maps, level_rois, positions, num_rois)
+    jobs = _jobs(maps, level_rois, positions)
     # [N * H * W, C] per map: one row per feature-map position (a view for channels-last features).
     tables = [m.permute(0, 2, 3, 1).reshape(-1, m.shape[1]) for m in maps]
     return _PoolCrops.apply((num_rois, out_h, out_w), coord_dtype, jobs, *tables)
 
 
-def _jobs(
-    maps: Sequence[Tensor],
-    rois: Sequence[Tensor],
-    positions: Tensor,
-    output_size: tuple[int, int],
-    spatial_scales: Sequence[float],
-    sampling_ratio: int,
-    aligned: bool,
-) -> list[list[_Chunk]]:
-    """Per map, the chunks that pool its ``rois`` (``positions``: every RoI's output row, maps in order)."""
+def _jobs(maps: Sequence[Tensor], level_rois: LevelRoIs, positions: Tensor) -> list[list[_Chunk]]:
+    """Per map, the chunks that pool its RoIs (``positions``: every RoI's output row, maps in order)."""
     device = positions.device
-    level_rois = LevelRoIs(maps, rois, spatial_scales, output_size, sampling_ratio, aligned)
     taps_y, taps_x = _axis_taps(level_rois.samples_y()), _axis_taps(level_rois.samples_x())
     base = level_rois.base  # the RoI's image's first row in its map's table
     counts = level_rois.counts

@@ -39,38 +39,17 @@ def supports(maps: Sequence[Tensor]) -> bool:
     return not needs_grad and all(m.dtype in _DTYPES for m in maps)
 
 
-def pool_levels(
-    maps: Sequence[Tensor],
-    rois: Sequence[Tensor],
-    positions: Sequence[Tensor],
-    num_rois: int,
-    output_size: tuple[int, int],
-    spatial_scales: Sequence[float],
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
+def pool_levels(maps: Sequence[Tensor], level_rois: LevelRoIs, positions: Tensor, num_rois: int) -> Tensor:
     """:func:`~fpn.ops.roi_align.roi_align_levels`' result ``[num_rois, C, out_h, out_w]``, without a backward.
 
-    ``rois[i]`` (``[Ki, 5]``, valid batch indices) are pooled from ``maps[i]`` at ``spatial_scales[i]`` into the
-    result's rows ``positions[i]``; rows no level fills stay zero. The result is a channels-last view (each bin's
-    channels adjacent, as the gather writes them) of shape ``[num_rois, C, out_h, out_w]``.
+    ``level_rois`` are pooled map by map from ``maps`` (each map with RoIs) into the result's rows ``positions``
+    (every RoI's output row, maps in order); rows no RoI fills stay zero. The result is a channels-last view
+    (each bin's channels adjacent, as the gather writes them) of shape ``[num_rois, C, out_h, out_w]``.
     """
-    out_h, out_w = output_size
+    out_h, out_w = level_rois.output_size
     first = maps[0]
     channels, device = first.shape[1], first.device
-    coord_dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
     pooled = first.new_zeros(num_rois, out_h, out_w, channels)
-    present = [i for i, r in enumerate(rois) if r.shape[0] > 0]
-    if not present:
-        return pooled.permute(0, 3, 1, 2)
-    level_rois = LevelRoIs(
-        [maps[i] for i in present],
-        [rois[i].to(coord_dtype) for i in present],
-        [spatial_scales[i] for i in present],
-        output_size,
-        sampling_ratio,
-        aligned,
-    )  # the per-RoI work runs once over every level's RoIs: each call has a fixed cost a level would pay again
     along_y, along_x = level_rois.samples_y(), level_rois.samples_x()
     # Table rows: the image's first row, plus y * width along y and x along x ([K, out, 2 * grid] each).
     rows_y = _pixels(along_y).mul_(level_rois.widths[:, None, None]).add_(level_rois.base[:, None, None])
@@ -78,10 +57,9 @@ def pool_levels(
     per_bin = rows_y.shape[2] * rows_x.shape[2]
     per_roi = out_h * out_w * per_bin
     step = max(1, _PAIR_BUDGET // per_roi)
-    positions = torch.cat([positions[i] for i in present])
     start = 0
-    for index, count in zip(present, level_rois.counts):
-        table = maps[index].permute(0, 2, 3, 1).reshape(-1, channels)  # a view for channels-last maps
+    for features, count in zip(maps, level_rois.counts):
+        table = features.permute(0, 2, 3, 1).reshape(-1, channels)  # a view for channels-last maps
         for low in range(start, start + count, step):
             high = min(low + step, start + count)
             # [R, out_h, out_w, 2 * grid_h, 2 * grid_w]: every bin's pairs, y-major as the weights are.
