@@ -5,9 +5,9 @@
 The built-in synthetic set is written once in YOLO format and in COCO format (``fpn convert``, exact round
 trips). Per seed, one run after another on an otherwise idle machine:
 
-- fpn: ``fpn train --data <yolo>/data.yaml --model tiny-fpn --minutes M`` (the schedule follows the clock) at
-  320 px, with ``fpn compare``'s train settings, ``train.workers=0`` and ``--threads`` torch threads; then
-  ``fpn eval --detections`` on the COCO copy of the val split;
+- fpn: ``fpn train --data <yolo>/data.yaml --model nano-fpn --minutes M`` (another preset with ``--model``, extra
+  overrides with ``--set``; the schedule follows the clock) at 320 px, with ``fpn compare``'s train settings,
+  ``train.workers=0`` and ``--threads`` torch threads; then ``fpn eval --detections`` on the COCO copy of the val split;
 - YOLOv8n: ``benchmarks/yolo_reference.py`` in the throwaway venv (``ultralytics``, never a project
   dependency): ``yolov8n.yaml``, no pretrained weights, ``time=M/60`` at ``imgsz=320``, ``workers=0``, the same
   threads (Ultralytics' own default on a 2-core machine is one thread: ``yolo_reference.py`` overrides it);
@@ -56,7 +56,7 @@ def fpn_run(args, seed: int, data: Path, env: dict) -> dict:
                args.model, "--minutes", str(args.minutes), "--out", str(out), *shared,
                "train.workers=0", f"train.seed={seed}",
                f"model.transform.min_size=[{args.imgsz}]",
-               f"model.transform.max_size={args.imgsz}"]  # fmt: skip
+               f"model.transform.max_size={args.imgsz}", *args.set]  # fmt: skip
     if not (out / "model.pt").is_file():
         wall, cpu = timed_run(command, env, args.runs / f"fpn-seed{seed}.log")
         (out / "bench.json").write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}) + "\n")
@@ -158,7 +158,14 @@ def main() -> None:
     parser.add_argument("--ref-python", required=True, help="python of the throwaway venv with ultralytics")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--model", default="tiny-fpn")
+    parser.add_argument("--model", default="nano-fpn", help="fpn preset (default: the one in YOLOv8n's latency class)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides for fpn's training, e.g. model.pyramid.channels=48",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--imgsz", type=int, default=320)
     parser.add_argument("--images", type=int, default=20)
@@ -209,8 +216,10 @@ def main() -> None:
     lines = [
         f"# {args.model} vs YOLOv8n from scratch on `synthetic`, {args.minutes:g} min each ({record['date']})",
         "",
-        f"Command: `.venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --minutes "
-        f"{args.minutes:g} --seeds {args.seeds} --threads {args.threads}` "
+        f"Command: `.venv/bin/python benchmarks/yolo_compare.py --ref-python $R/bin/python --model {args.model} "
+        f"--minutes {args.minutes:g} --seeds {args.seeds} --threads {args.threads} --rounds {args.rounds}"
+        + (f" --set {' '.join(args.set)}" if args.set else "")
+        + "` "
         "(R: a throwaway venv with torch 2.14.1, "
         "ultralytics, pycocotools).",
         "",

@@ -227,3 +227,21 @@ def test_anchors_on_the_photo_set(trained, photo_data, tmp_path):
     out = tmp_path / "anchors.png"
     assert fpn("anchors", "--data", photo_data, "--weights", trained / "model.pt", "--out", out) == 0
     assert out.is_file()
+
+
+def test_nano_preset_trains_and_detects_on_photo_sizes(photo_data, tmp_path):
+    """``nano-fpn`` (the 48-channel preset of YOLOv8n's latency class) as a user runs it: train, then detect on
+    the 400-1000 px photos, the optimized path against direct convolutions."""
+    out = tmp_path / "nano"
+    assert fpn("train", "--data", photo_data, "--model", "nano-fpn", "--iters", 6, "--out", out) == 0
+    images = photo_data.parent / "images"
+    runs = {name: tmp_path / f"{name}.json" for name in ("default", "direct-conv")}
+    for name, flags in (("default", []), ("direct-conv", ["--direct-conv"])):
+        code = fpn("detect", images, "--weights", out / "model.pt", "--output", runs[name], "--score-thresh", 0,
+                   *flags)  # fmt: skip
+        assert code == 0
+    fast, plain = read_detections(runs["default"]), read_detections(runs["direct-conv"])
+    assert len(fast) == 6 and fast.keys() == plain.keys()
+    assert sum(len(records) for records in fast.values()) > 0
+    for key in fast:
+        assert_same_detections(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
