@@ -208,19 +208,31 @@ def test_train_then_eval_on_photo_sizes(trained, photo_data, tmp_path):
     assert "AP" in json.loads(output.read_text())["metrics"]
 
 
-def test_trained_model_detects_with_fast_and_plain_paths_alike(trained, photo_data, tmp_path):
-    images = photo_data.parent / "images"
-    runs = {}
-    for name, flags in {"default": [], "direct-conv": ["--direct-conv"], "bf16": ["--precision", "bf16"]}.items():
-        runs[name] = tmp_path / f"{name}.json"
-        code = fpn("detect", images, "--weights", trained / "model.pt", "--output", runs[name],
-                   "--score-thresh", 0, *flags)  # fmt: skip
+MODES = {"default": [], "direct-conv": ["--direct-conv"], "bf16": ["--precision", "bf16"]}
+
+
+def detect_in_modes(weights: Path, images: Path, out: Path, modes: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """``fpn detect`` of ``images`` with each of ``modes`` (keys of ``MODES``), every detection kept."""
+    results = {}
+    for name in modes:
+        path = out / f"{name}.json"
+        code = fpn("detect", images, "--weights", weights, "--output", path, "--score-thresh", 0, *MODES[name])
         assert code == 0
-    fast, plain = read_detections(runs["default"]), read_detections(runs["direct-conv"])
-    assert len(fast) == 6 and fast.keys() == plain.keys()
+        results[name] = read_detections(path)
+    return results
+
+
+def assert_fast_equals_plain(fast: dict[str, list[dict]], plain: dict[str, list[dict]]) -> None:
+    assert fast.keys() == plain.keys()
     for key in fast:
         assert_same_detections(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
-    assert len(read_detections(runs["bf16"])) == 6
+
+
+def test_trained_model_detects_with_fast_and_plain_paths_alike(trained, photo_data, tmp_path):
+    runs = detect_in_modes(trained / "model.pt", photo_data.parent / "images", tmp_path, list(MODES))
+    assert len(runs["default"]) == 6
+    assert_fast_equals_plain(runs["default"], runs["direct-conv"])
+    assert len(runs["bf16"]) == 6
 
 
 def test_anchors_on_the_photo_set(trained, photo_data, tmp_path):
@@ -234,14 +246,7 @@ def test_nano_preset_trains_and_detects_on_photo_sizes(photo_data, tmp_path):
     the 400-1000 px photos, the optimized path against direct convolutions."""
     out = tmp_path / "nano"
     assert fpn("train", "--data", photo_data, "--model", "nano-fpn", "--iters", 6, "--out", out) == 0
-    images = photo_data.parent / "images"
-    runs = {name: tmp_path / f"{name}.json" for name in ("default", "direct-conv")}
-    for name, flags in (("default", []), ("direct-conv", ["--direct-conv"])):
-        code = fpn("detect", images, "--weights", out / "model.pt", "--output", runs[name], "--score-thresh", 0,
-                   *flags)  # fmt: skip
-        assert code == 0
-    fast, plain = read_detections(runs["default"]), read_detections(runs["direct-conv"])
-    assert len(fast) == 6 and fast.keys() == plain.keys()
-    assert sum(len(records) for records in fast.values()) > 0
-    for key in fast:
-        assert_same_detections(as_tensors(fast[key]), as_tensors(plain[key]), JSON_BOX_TOL, JSON_SCORE_TOL)
+    runs = detect_in_modes(out / "model.pt", photo_data.parent / "images", tmp_path, ["default", "direct-conv"])
+    assert len(runs["default"]) == 6
+    assert sum(len(records) for records in runs["default"].values()) > 0
+    assert_fast_equals_plain(runs["default"], runs["direct-conv"])
