@@ -30,7 +30,7 @@ from fpn.engine import RunConfig, Schedule, build_run_config, train
 from fpn.engine.run_folder import LOCK_NAME, RunLock
 from fpn.engine.run_log import progress_line
 from fpn.engine.schedule import Plan
-from fpn.engine.stop import TrainingInterrupted
+from fpn.engine.stop import StoppedAtOnce, TrainingInterrupted
 from fpn.errors import ConfigError, DataError, FpnError
 from fpn.io import read_state_dict
 from fpn.presets import preset
@@ -124,9 +124,10 @@ def test_a_second_signal_stops_at_once(train_only: Path, tmp_path: Path) -> None
         signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGTERM)
 
-    with pytest.raises(KeyboardInterrupt) as info:
+    with pytest.raises(StoppedAtOnce) as info:
         train(run_config(train_only, "train.iters=5"), tmp_path / "run", progress=False, on_step=twice)
-    assert not isinstance(info.value, TrainingInterrupted)
+    assert isinstance(info.value, KeyboardInterrupt) and not isinstance(info.value, TrainingInterrupted)
+    assert info.value.exit_status == 128 + signal.SIGTERM  # what `fpn train` exits with then
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 

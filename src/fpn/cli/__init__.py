@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from fpn.engine.stop import StoppedAtOnce
 from fpn.errors import FpnError
 from fpn.version import __version__
 
@@ -41,9 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FpnError as exc:
         print(f"fpn: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         print("fpn: interrupted", file=sys.stderr)
-        return 130
+        return stopped.exit_status if isinstance(stopped, StoppedAtOnce) else 130  # a second SIGTERM: 143
 
 
 if __name__ == "__main__":

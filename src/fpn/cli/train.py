@@ -167,7 +167,7 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.engine.stop import TrainingInterrupted, resume_command
+    from fpn.engine.stop import StoppedAtOnce, TrainingInterrupted, resume_command
     from fpn.engine.train import train
 
     if args.resume and not args.out:
@@ -183,11 +183,11 @@ def run(args: argparse.Namespace) -> int:
             line = f"fpn: interrupted at iteration {stopped.iteration}; resume with: {stopped.resume_command()}"
             print(line, file=sys.stderr)
         return stopped.exit_status
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the iterations
+    except KeyboardInterrupt as stopped:  # a second Ctrl-C / SIGTERM, or one outside the iterations
         if not (info.is_main and (out / "last.pt").is_file()):
             raise
         print(f"fpn: interrupted; resume with: {resume_command(out, info.world_size)}", file=sys.stderr)
-        return 130
+        return stopped.exit_status if isinstance(stopped, StoppedAtOnce) else 130
     if info.is_main:
         if model_path.is_file():
             write_run_plots(config, out)

@@ -2,8 +2,8 @@
 
 The first SIGINT or SIGTERM only raises a flag: the loop finishes the iteration under way, writes
 ``last.pt`` and raises :class:`TrainingInterrupted`, so nothing since the previous checkpoint is lost and
-``--resume`` continues exactly. A second signal stops at once (``KeyboardInterrupt``); checkpoints are
-written atomically, so even then the last one is intact.
+``--resume`` continues exactly. A second signal stops at once (:class:`StoppedAtOnce`, a ``KeyboardInterrupt``);
+checkpoints are written atomically, so even then the last one is intact.
 """
 
 from __future__ import annotations
@@ -21,6 +21,23 @@ logger = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def exit_status(signum: int | None) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + (signum or signal.SIGINT)
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM arrived before the first one's checkpoint: the run stops where it is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return exit_status(self.signum)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """The run stopped on a signal after checkpointing iteration ``iteration`` into ``run_dir/last.pt``.
 
@@ -36,8 +53,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     @property
     def exit_status(self) -> int:
-        """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
-        return 128 + (self.signum or signal.SIGINT)
+        return exit_status(self.signum)
 
     def resume_command(self) -> str:
         return resume_command(self.run_dir, self.world_size)
@@ -60,7 +76,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signal is not None:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         self.signal = signum
         logger.warning(
             "%s: stopping after this iteration's checkpoint (again to stop at once)", signal.Signals(signum).name
