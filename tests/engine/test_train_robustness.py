@@ -131,6 +131,26 @@ def test_a_second_signal_stops_at_once(train_only: Path, tmp_path: Path) -> None
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_fpn_train_stopped_by_a_second_sigterm_exits_143(
+    train_only: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from fpn.cli import main
+
+    engine_train = sys.modules["fpn.engine.train"]  # the module: ``fpn.engine.train`` is also the function
+
+    def twice(iteration: int, losses: dict[str, float]) -> None:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+
+    original = engine_train.train
+    monkeypatch.setattr(engine_train, "train", lambda *args, **kwargs: original(*args, **kwargs, on_step=twice))
+    code = main(["train", "--data", str(train_only), "--model", "micro-fpn", "--iters", "5", "--out",
+                 str(tmp_path / "run"), *FAST])  # fmt: skip
+    assert code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "fpn: interrupted" in err and "Traceback" not in err
+
+
 def test_resuming_a_run_stopped_before_its_first_checkpoint_starts_it_again(train_only: Path, tmp_path: Path) -> None:
     class Killed(Exception):
         pass
