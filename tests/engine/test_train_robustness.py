@@ -30,7 +30,7 @@ from fpn.engine import RunConfig, Schedule, build_run_config, train
 from fpn.engine.run_folder import LOCK_NAME, RunLock
 from fpn.engine.run_log import progress_line
 from fpn.engine.schedule import Plan
-from fpn.engine.stop import StoppedAtOnce, TrainingInterrupted
+from fpn.engine.stop import StoppedAtOnce, TrainingInterrupted, exit_status
 from fpn.errors import ConfigError, DataError, FpnError
 from fpn.io import read_state_dict
 from fpn.presets import preset
@@ -119,15 +119,17 @@ def test_sigint_checkpoints_the_iteration_and_resume_is_exact(train_only: Path, 
     assert [r["loss"] for r in records(tmp_path / "split")] == [r["loss"] for r in records(tmp_path / "whole")]
 
 
-def test_a_second_signal_stops_at_once(train_only: Path, tmp_path: Path) -> None:
-    def twice(iteration: int, losses: dict[str, float]) -> None:
-        signal.raise_signal(signal.SIGTERM)
-        signal.raise_signal(signal.SIGTERM)
+def sigterm_twice(iteration: int, losses: dict[str, float]) -> None:
+    """An ``on_step`` that sends SIGTERM twice: the second arrives before the first one's checkpoint."""
+    signal.raise_signal(signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)
 
+
+def test_a_second_signal_stops_at_once(train_only: Path, tmp_path: Path) -> None:
     with pytest.raises(StoppedAtOnce) as info:
-        train(run_config(train_only, "train.iters=5"), tmp_path / "run", progress=False, on_step=twice)
+        train(run_config(train_only, "train.iters=5"), tmp_path / "run", progress=False, on_step=sigterm_twice)
     assert isinstance(info.value, KeyboardInterrupt) and not isinstance(info.value, TrainingInterrupted)
-    assert info.value.exit_status == 128 + signal.SIGTERM  # what `fpn train` exits with then
+    assert exit_status(info.value) == 128 + signal.SIGTERM  # what `fpn train` exits with then
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
@@ -138,12 +140,8 @@ def test_fpn_train_stopped_by_a_second_sigterm_exits_143(
 
     engine_train = sys.modules["fpn.engine.train"]  # the module: ``fpn.engine.train`` is also the function
 
-    def twice(iteration: int, losses: dict[str, float]) -> None:
-        signal.raise_signal(signal.SIGTERM)
-        signal.raise_signal(signal.SIGTERM)
-
     original = engine_train.train
-    monkeypatch.setattr(engine_train, "train", lambda *args, **kwargs: original(*args, **kwargs, on_step=twice))
+    monkeypatch.setattr(engine_train, "train", lambda *args, **kwargs: original(*args, **kwargs, on_step=sigterm_twice))
     code = main(["train", "--data", str(train_only), "--model", "micro-fpn", "--iters", "5", "--out",
                  str(tmp_path / "run"), *FAST])  # fmt: skip
     assert code == 128 + signal.SIGTERM

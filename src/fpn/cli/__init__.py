@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from fpn.engine.stop import StoppedAtOnce
+from fpn.engine.stop import exit_status
 from fpn.errors import FpnError
 from fpn.version import __version__
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stopped:
         print("fpn: interrupted", file=sys.stderr)
-        return stopped.exit_status if isinstance(stopped, StoppedAtOnce) else 130  # a second SIGTERM: 143
+        return exit_status(stopped)  # 143 for a second SIGTERM, else 130
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fpn.engine.stop import StoppedAtOnce, TrainingInterrupted, resume_command
+    from fpn.engine.stop import TrainingInterrupted, exit_status, resume_command
     from fpn.engine.train import train
 
     if args.resume and not args.out:
@@ -182,12 +182,12 @@ def run(args: argparse.Namespace) -> int:
         if info.is_main:
             line = f"fpn: interrupted at iteration {stopped.iteration}; resume with: {stopped.resume_command()}"
             print(line, file=sys.stderr)
-        return stopped.exit_status
+        return exit_status(stopped)
     except KeyboardInterrupt as stopped:  # a second Ctrl-C / SIGTERM, or one outside the iterations
         if not (info.is_main and (out / "last.pt").is_file()):
             raise
         print(f"fpn: interrupted; resume with: {resume_command(out, info.world_size)}", file=sys.stderr)
-        return stopped.exit_status if isinstance(stopped, StoppedAtOnce) else 130
+        return exit_status(stopped)
     if info.is_main:
         if model_path.is_file():
             write_run_plots(config, out)

@@ -21,21 +21,12 @@ logger = logging.getLogger(__name__)
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def exit_status(signum: int | None) -> int:
-    """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
-    return 128 + (signum or signal.SIGINT)
-
-
 class StoppedAtOnce(KeyboardInterrupt):
     """A second SIGINT / SIGTERM arrived before the first one's checkpoint: the run stops where it is."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-    @property
-    def exit_status(self) -> int:
-        return exit_status(self.signum)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -51,12 +42,17 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.world_size = world_size
         self.signum = signum  # None on a process that stopped because another one was signalled
 
-    @property
-    def exit_status(self) -> int:
-        return exit_status(self.signum)
-
     def resume_command(self) -> str:
         return resume_command(self.run_dir, self.world_size)
+
+
+def exit_status(interrupt: KeyboardInterrupt) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM).
+
+    A plain ``KeyboardInterrupt`` (no handler of ours saw the signal), or a process stopped because another one
+    was signalled, counts as Ctrl-C.
+    """
+    return 128 + (getattr(interrupt, "signum", None) or signal.SIGINT)
 
 
 def resume_command(run_dir: Path, world_size: int = 1) -> str:
